@@ -1,0 +1,126 @@
+"""Backend registry: names mapped to ``"module:Class"`` and imported only when asked for.
+
+``get_backend("auto")`` picks cupy when a CUDA device works, else numba when it imports, else numpy,
+and :func:`auto_reason` says which and why in one line. ``BPGPU_BACKEND`` in the environment
+overrides ``"auto"``. :func:`available_backends` reports, for every registered backend, whether it
+is usable here and, if not, exactly why. A new backend joins the parity tests by being registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from dataclasses import dataclass
+
+from .. import _compat
+from ..errors import BackendUnavailable
+from .base import OPS, Backend
+
+__all__ = ["Backend", "OPS", "REGISTRY", "BackendInfo", "available_backends", "get_backend",
+           "use_backend", "auto_reason", "backend_names"]
+
+
+def _numpy_probe():
+    import numpy
+    return True, f"numpy {numpy.__version__} (always available)"
+
+
+def _module_probe(status):
+    def probe():
+        module, reason = status()
+        return module is not None, reason
+    return probe
+
+
+#: name -> ("module:Class" relative to this package, probe). A probe answers (usable, reason)
+#: without importing the backend's module, so listing backends never imports numba or cupy.
+REGISTRY = {
+    "numpy": (".numpy_backend:NumpyBackend", _numpy_probe),
+    "cupy": (".cupy_backend:CupyBackend", _module_probe(_compat.cupy_status)),
+}
+_AUTO_ORDER = ("cupy", "numba", "numpy")
+_instances: dict[str, Backend] = {}
+_default: list[str] = []
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Whether a backend can run here, and why (or why not)."""
+    name: str
+    available: bool
+    reason: str
+
+
+def backend_names() -> tuple[str, ...]:
+    """All registered backend names."""
+    return tuple(REGISTRY)
+
+
+def _load_class(name: str):
+    module_name, cls_name = REGISTRY[name][0].split(":")
+    module = importlib.import_module(module_name, __name__)
+    return getattr(module, cls_name)
+
+
+def _probe(name: str) -> BackendInfo:
+    ok, reason = REGISTRY[name][1]()
+    return BackendInfo(name, ok, reason)
+
+
+def available_backends() -> list[BackendInfo]:
+    """Every registered backend with its availability and the reason for it."""
+    return [_probe(n) for n in REGISTRY]
+
+
+def auto_reason() -> tuple[str, str]:
+    """The backend ``"auto"`` resolves to and a one-line reason."""
+    env = os.environ.get("BPGPU_BACKEND", "").strip().lower()
+    if env and env != "auto":
+        return env, f"{env} (from BPGPU_BACKEND)"
+    skipped = []
+    for name in (n for n in _AUTO_ORDER if n in REGISTRY):
+        info = _probe(name)
+        if info.available:
+            why = f"{name}: {info.reason}"
+            if skipped:
+                why += " — " + "; ".join(skipped)
+            return name, why
+        skipped.append(f"not {name}: {info.reason}")
+    raise BackendUnavailable("no backend is available: " + "; ".join(skipped))  # numpy always is
+
+
+def get_backend(name: str | Backend | None = "auto") -> Backend:
+    """Return the backend instance for ``name`` (``"auto"``, ``None``, a name, or an instance).
+
+    Raises
+    ------
+    BackendUnavailable
+        If the name is unknown or the backend cannot run here; the message says why.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = _default[-1] if _default else "auto"
+    name = str(name).strip().lower()
+    if name == "auto":
+        name, _ = auto_reason()
+    if name not in REGISTRY:
+        raise BackendUnavailable(f"unknown backend {name!r}; choose one of auto, {', '.join(REGISTRY)}")
+    inst = _instances.get(name)
+    if inst is None:
+        info = _probe(name)
+        if not info.available:
+            raise BackendUnavailable(f"backend {name!r} is not available: {info.reason}")
+        inst = _instances[name] = _load_class(name)()
+    return inst
+
+
+@contextlib.contextmanager
+def use_backend(name: str | Backend):
+    """Within the ``with`` block, models created with ``backend=None`` use ``name``."""
+    _default.append(name if isinstance(name, str) else name.name)
+    try:
+        yield get_backend(name)
+    finally:
+        _default.pop()

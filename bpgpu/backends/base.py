@@ -1,0 +1,405 @@
+"""The reference implementation of every op a training step needs, written with ``self.xp``.
+
+A backend is a set of ops over device arrays. This class implements each one with array-API calls
+on ``self.xp`` (numpy or cupy), always writing into preallocated outputs, so it is both the
+reference other backends are checked against and a reasonably fast backend in its own right.
+Subclasses override an op only where they have something faster (a fused kernel) and call
+``super()`` for the dtypes or shapes their fast path does not cover.
+
+The model (:mod:`bpgpu.mlp`) is written once in terms of these ops; a backend never contains model
+math. Conventions: batches are rows, arrays are C-contiguous, ``delta`` arguments are modified in
+place, and every op that reduces over a batch writes into a caller-owned accumulator so a device
+backend never has to synchronise with the host inside a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+__all__ = ["Backend", "OPS"]
+
+#: Names of the ops every backend provides, with the base class's signature (checked by a test).
+OPS = (
+    "empty", "zeros", "asarray", "to_host", "upload", "copy", "synchronize",
+    "gemm", "bias_activation", "activation_backward", "output_delta", "column_sums",
+    "loss_sum", "count_correct", "gather_rows",
+    "dropout_forward", "dropout_backward",
+    "sgd_update", "momentum_update", "adam_update",
+)
+
+# exp(-z) overflows past these; clipping -z there changes sigmoid by less than the dtype's tiny.
+_EXP_LIMIT = {np.dtype(np.float32): 88.0, np.dtype(np.float64): 708.0}
+
+
+class Backend:
+    """Reference backend: every op in terms of ``self.xp``.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``"numpy"``, ``"numba"``, ``"cupy"``).
+    xp : module
+        The array module the ops are written with.
+    """
+
+    name = "base"
+    xp = np
+
+    def __init__(self):
+        self._scratch_cache: dict = {}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    @contextlib.contextmanager
+    def compute_threads(self, batch_size: int):
+        """Context for a run of steps of ``batch_size`` rows (thread settings); default: nothing."""
+        yield None
+
+    def describe(self) -> str:
+        """One line saying what this backend runs on."""
+        return f"{self.name} ({self.xp.__name__} {self.xp.__version__})"
+
+    # ------------------------------------------------------------------ memory and transfer
+    def empty(self, shape, dtype):
+        """Uninitialised device array of ``shape`` and ``dtype``."""
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        """Zero-filled device array of ``shape`` and ``dtype``."""
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def asarray(self, host, dtype=None):
+        """Copy a host array to the device (C-contiguous, optionally cast to ``dtype``)."""
+        return self.xp.ascontiguousarray(self.xp.asarray(host, dtype=dtype))
+
+    def to_host(self, arr) -> np.ndarray:
+        """Return a host numpy copy of a device array (a numpy array is copied too)."""
+        return np.array(arr, copy=True)
+
+    def upload(self, host, out):
+        """Copy the host array ``host`` into the existing device array ``out`` (same shape)."""
+        out[...] = self.xp.asarray(host)
+        return out
+
+    def copy(self, src, out):
+        """``out[:] = src`` between two device arrays of the same shape and dtype."""
+        self.xp.copyto(out, src)
+        return out
+
+    def synchronize(self) -> None:
+        """Block until all queued device work is done (no-op on the CPU)."""
+
+    def _scratch(self, key, shape, dtype):
+        """A cached work buffer, allocated once per (key, shape, dtype): no steady-state allocation."""
+        k = (key, tuple(shape), np.dtype(dtype).str)
+        buf = self._scratch_cache.get(k)
+        if buf is None:
+            buf = self._scratch_cache[k] = self.empty(shape, dtype)
+        return buf
+
+    # ------------------------------------------------------------------ dense algebra
+    def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False):
+        """``out[:] = op(a) @ op(b)`` where op transposes when asked.
+
+        Parameters
+        ----------
+        a : array, shape (m, k), or (k, m) with ``trans_a``
+        b : array, shape (k, n), or (n, k) with ``trans_b``
+        out : array, shape (m, n)
+            Written in place and returned.
+        """
+        return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    def column_sums(self, d, out):
+        """``out[:] = d.sum(axis=0)``; ``d`` of shape (B, n), ``out`` of shape (n,)."""
+        return self.xp.sum(d, axis=0, out=out)
+
+    # ------------------------------------------------------------------ activations
+    def bias_activation(self, z, bias, activation: str):
+        """In place: ``z[:] = act(z + bias)``.
+
+        Parameters
+        ----------
+        z : array, shape (B, n)
+            The GEMM output; overwritten with the activation's output.
+        bias : array, shape (n,)
+        activation : {"sigmoid", "tanh", "relu", "identity", "softmax"}
+        """
+        xp = self.xp
+        z += bias
+        if activation == "sigmoid":
+            xp.negative(z, out=z)
+            xp.minimum(z, _EXP_LIMIT[z.dtype], out=z)  # no overflow warning for z < -88 / -708
+            xp.exp(z, out=z)
+            z += 1
+            xp.reciprocal(z, out=z)
+        elif activation == "tanh":
+            xp.tanh(z, out=z)
+        elif activation == "relu":
+            xp.maximum(z, 0, out=z)
+        elif activation == "softmax":
+            m = self._scratch("rowstat", (z.shape[0], 1), z.dtype)
+            xp.max(z, axis=1, keepdims=True, out=m)
+            z -= m  # log-sum-exp shift: exp never overflows
+            xp.exp(z, out=z)
+            xp.sum(z, axis=1, keepdims=True, out=m)
+            z /= m
+        elif activation != "identity":
+            raise ValueError(f"unknown activation {activation!r}")
+        return z
+
+    def activation_backward(self, delta, a, activation: str):
+        """In place: ``delta[:] = delta * act'(...)`` with the derivative taken from the output ``a``.
+
+        This is the "sigmoid-delta" contract: sigma' = a(1-a), tanh' = 1-a^2, relu' = [a > 0];
+        for softmax it is the Jacobian-vector product ``a * (delta - sum(delta * a))`` per row.
+
+        Parameters
+        ----------
+        delta : array, shape (B, n)
+            Incoming gradient w.r.t. the activation's output; becomes the gradient w.r.t. its input.
+        a : array, shape (B, n)
+            The saved output of the activation.
+        """
+        xp = self.xp
+        if activation == "identity":
+            return delta
+        tmp = self._scratch("act_bwd", a.shape, a.dtype)
+        if activation == "sigmoid":
+            xp.subtract(1, a, out=tmp)
+            tmp *= a
+            delta *= tmp
+        elif activation == "tanh":
+            xp.multiply(a, a, out=tmp)
+            xp.subtract(1, tmp, out=tmp)
+            delta *= tmp
+        elif activation == "relu":
+            xp.greater(a, 0, out=tmp)
+            delta *= tmp
+        elif activation == "softmax":
+            s = self._scratch("rowstat", (a.shape[0], 1), a.dtype)
+            xp.multiply(delta, a, out=tmp)
+            xp.sum(tmp, axis=1, keepdims=True, out=s)
+            delta -= s
+            delta *= a
+        else:
+            raise ValueError(f"unknown activation {activation!r}")
+        return delta
+
+    # ------------------------------------------------------------------ loss and output delta
+    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
+        """Gradient of the *mean* batch loss w.r.t. the output layer's pre-activation.
+
+        ``softmax``+``ce`` and ``sigmoid``+``bce`` give ``(a - y) / B``; ``mse`` gives
+        ``(a - y) / B`` times the output activation's derivative.
+
+        Parameters
+        ----------
+        a : array, shape (B, n_out)
+            Output-layer activations.
+        y : array, shape (B, n_out)
+            Targets (one-hot rows for classification), same dtype as ``a``.
+        delta : array, shape (B, n_out)
+            Written in place and returned.
+        output, loss : str
+            The output activation and loss (a valid pair, see :mod:`bpgpu.activations`).
+        loss_acc : array, shape (1,) float64, optional
+            If given, the *sum* over the batch of the per-sample loss is added to ``loss_acc[0]``.
+        """
+        if loss_acc is not None:
+            self.loss_sum(a, y, loss, loss_acc)
+        xp = self.xp
+        xp.subtract(a, y, out=delta)
+        delta *= 1.0 / a.shape[0]
+        if loss == "mse":
+            self.activation_backward(delta, a, output)
+        return delta
+
+    def loss_sum(self, a, y, loss: str, acc):
+        """Add the sum over rows of the per-sample loss to ``acc[0]`` (float64, on the device).
+
+        ``mse``: ½‖a − y‖²; ``bce``: −Σ[y ln a + (1−y) ln(1−a)]; ``ce``: −Σ y ln a. Logarithms are
+        taken of ``a`` clipped to ``[tiny, 1 - eps]`` (bce) or ``[tiny, 1]`` (ce): never log(0).
+
+        Parameters
+        ----------
+        a, y : array, shape (B, n_out)
+        acc : array, shape (1,), float64
+        """
+        xp = self.xp
+        tmp = self._scratch("loss_tmp", a.shape, a.dtype)
+        info = xp.finfo(a.dtype)
+        if loss == "mse":
+            xp.subtract(a, y, out=tmp)
+            tmp *= tmp
+            acc += 0.5 * xp.sum(tmp, dtype=xp.float64)
+        elif loss == "ce":
+            xp.maximum(a, info.tiny, out=tmp)
+            xp.log(tmp, out=tmp)
+            tmp *= y
+            acc -= xp.sum(tmp, dtype=xp.float64)
+        elif loss == "bce":
+            tmp2 = self._scratch("loss_tmp2", a.shape, a.dtype)
+            xp.clip(a, info.tiny, 1 - info.epsneg, out=tmp)
+            xp.subtract(1, tmp, out=tmp2)
+            xp.log(tmp, out=tmp)
+            xp.log(tmp2, out=tmp2)
+            tmp -= tmp2                     # y ln a + (1-y) ln(1-a) = y (ln a - ln(1-a)) + ln(1-a)
+            tmp *= y
+            tmp += tmp2
+            acc -= xp.sum(tmp, dtype=xp.float64)
+        else:
+            raise ValueError(f"unknown loss {loss!r}")
+        return acc
+
+    def count_correct(self, a, y, acc):
+        """Add to ``acc[0]`` the number of rows whose prediction matches the target.
+
+        With several outputs a row is correct when ``argmax(a) == argmax(y)``; with one output
+        (binary) when ``(a >= 0.5) == (y >= 0.5)``.
+
+        Parameters
+        ----------
+        a, y : array, shape (B, n_out)
+        acc : array, shape (1,), float64
+        """
+        xp = self.xp
+        if a.shape[1] == 1:
+            acc += xp.count_nonzero((a >= 0.5) == (y >= 0.5))
+        else:
+            acc += xp.count_nonzero(xp.argmax(a, axis=1) == xp.argmax(y, axis=1))
+        return acc
+
+    # ------------------------------------------------------------------ data
+    def gather_rows(self, data, idx, out, scale: float = 1.0, shift: float = 0.0):
+        """``out[:] = data[idx] * scale + shift`` (scale and shift only for integer ``data``).
+
+        Parameters
+        ----------
+        data : array, shape (N, n), uint8 or the model's float dtype
+            The dataset, resident on the device.
+        idx : array, shape (B,), integer
+            Row indices (a slice of the epoch's permutation).
+        out : array, shape (B, n), float
+            Written in place and returned.
+        """
+        xp = self.xp
+        if data.dtype == out.dtype:
+            return xp.take(data, idx, axis=0, out=out)
+        raw = self._scratch("gather_raw", out.shape, data.dtype)
+        xp.take(data, idx, axis=0, out=raw)
+        xp.multiply(raw, out.dtype.type(scale), out=out)
+        if shift:
+            out += out.dtype.type(shift)
+        return out
+
+    # ------------------------------------------------------------------ dropout
+    def dropout_forward(self, a, uniform, rate: float, mask, out):
+        """Inverted dropout: ``mask = (uniform >= rate) / (1 - rate)``; ``out = a * mask``.
+
+        Parameters
+        ----------
+        a : array, shape (B, n)
+            Activations (left unchanged: the backward pass needs them for the derivative).
+        uniform : array, shape (B, n)
+            Uniform [0, 1) numbers drawn on the host from the model's generator (so every backend
+            drops the same units), already on the device.
+        rate : float
+            Probability of dropping a unit, in [0, 1).
+        mask : array, shape (B, n), dtype of ``a``
+            Written; keep it for :meth:`dropout_backward`.
+        out : array, shape (B, n)
+            The dropped activations, input of the next layer.
+        """
+        xp = self.xp
+        xp.greater_equal(uniform, rate, out=mask)
+        mask *= 1.0 / (1.0 - rate)
+        xp.multiply(a, mask, out=out)
+        return out
+
+    def dropout_backward(self, delta, mask):
+        """In place: ``delta *= mask`` (the mask written by :meth:`dropout_forward`)."""
+        delta *= mask
+        return delta
+
+    # ------------------------------------------------------------------ optimizers
+    # All three work on the ONE flat parameter buffer; weights come first in it, so weight decay
+    # applies to ``params[:n_decay]`` (the weights) and never to the biases.
+    def _decay(self, params, grads, weight_decay, n_decay):
+        if weight_decay:
+            tmp = self._scratch("decay", (n_decay,), params.dtype)
+            self.xp.multiply(params[:n_decay], weight_decay, out=tmp)
+            grads[:n_decay] += tmp
+
+    def sgd_update(self, params, grads, lr: float, weight_decay: float = 0.0, n_decay: int = 0):
+        """Plain SGD: ``p -= lr * (g + wd * p)`` (decay on the first ``n_decay`` entries).
+
+        Parameters
+        ----------
+        params, grads : array, shape (P,)
+            Flat parameter and gradient buffers; ``grads`` may be overwritten.
+        """
+        self._decay(params, grads, weight_decay, n_decay)
+        grads *= lr
+        params -= grads
+        return params
+
+    def momentum_update(self, params, grads, velocity, lr: float, momentum: float,
+                        weight_decay: float = 0.0, n_decay: int = 0, nesterov: bool = False):
+        """SGD with momentum (PyTorch's form): ``v = mu v + g``; ``p -= lr v``, or with Nesterov
+        ``p -= lr (g + mu v)``; ``g`` includes ``wd * p`` on the first ``n_decay`` entries.
+
+        Parameters
+        ----------
+        params, grads, velocity : array, shape (P,)
+        """
+        self._decay(params, grads, weight_decay, n_decay)
+        velocity *= momentum
+        velocity += grads
+        if nesterov:
+            tmp = self._scratch("mom_tmp", params.shape, params.dtype)
+            self.xp.multiply(velocity, momentum, out=tmp)
+            grads += tmp
+            grads *= lr
+            params -= grads
+        else:
+            tmp = self._scratch("mom_tmp", params.shape, params.dtype)
+            self.xp.multiply(velocity, lr, out=tmp)
+            params -= tmp
+        return params
+
+    def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
+                    step: int, weight_decay: float = 0.0, n_decay: int = 0):
+        """Adam (Kingma & Ba, PyTorch's form with L2 ``weight_decay`` added to the gradient).
+
+        ``m = b1 m + (1-b1) g``; ``v = b2 v + (1-b2) g^2``;
+        ``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``.
+
+        Parameters
+        ----------
+        params, grads, m, v : array, shape (P,)
+        step : int
+            1 on the first update.
+        """
+        xp = self.xp
+        self._decay(params, grads, weight_decay, n_decay)
+        tmp = self._scratch("adam_tmp", params.shape, params.dtype)
+        m *= beta1
+        xp.multiply(grads, 1 - beta1, out=tmp)
+        m += tmp
+        v *= beta2
+        xp.multiply(grads, grads, out=tmp)
+        tmp *= 1 - beta2
+        v += tmp
+        bias1 = 1 - beta1 ** step
+        bias2 = 1 - beta2 ** step
+        xp.multiply(v, 1.0 / bias2, out=tmp)
+        xp.sqrt(tmp, out=tmp)
+        tmp += eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr / bias1
+        params -= tmp
+        return params

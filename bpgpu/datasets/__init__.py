@@ -1,0 +1,13 @@
+"""Datasets: MNIST (shipped), Fashion-MNIST, any IDX directory, toy sets and CSV files.
+
+Nothing here downloads anything: MNIST ships with the package (checksummed), Fashion-MNIST comes
+from a directory or the Debian package, toy sets are generated from a seed.
+"""
+
+from .idx import read_idx, write_idx
+from .mnist import fashion_mnist, load_idx_dir, mnist
+from .tabular import TabularData, load_csv
+from .toy import moons, xor
+
+__all__ = ["mnist", "fashion_mnist", "load_idx_dir", "read_idx", "write_idx", "xor", "moons",
+           "load_csv", "TabularData"]

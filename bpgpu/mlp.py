@@ -1,0 +1,406 @@
+"""The multi-layer perceptron: parameters, forward, backward and one update, written once.
+
+All the model's math lives here, in terms of backend ops (:mod:`bpgpu.backends.base`); switching the
+backend changes how each op runs and nothing else. Parameters live in ONE flat device buffer (all
+weights first, then all biases) with per-layer views, so the optimizer updates everything in one
+pass and weight decay covers a prefix. Gradients have the same layout. Workspaces (activations,
+deltas, dropout masks) are allocated once per batch size and reused: the steady-state training step
+allocates nothing.
+
+Shapes: ``W[l]`` is (n_in, n_out), ``b[l]`` is (n_out,), batches are rows. The loss is the mean over
+the batch of the per-sample cost; gradients are of that mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import check_activation, check_output_loss
+from .backends import get_backend
+from .errors import ConfigError, DataError
+from .init import init_params
+
+__all__ = ["MLP"]
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_EVAL_CHUNK = 8192  # rows per forward pass at inference: bounds workspace memory
+
+
+class _Workspace:
+    """Device buffers for a batch of up to ``rows`` samples.
+
+    ``a[l]`` is layer l's output (``a[0]`` the input batch), ``inp[l]`` what feeds layer l+1
+    (``a[l]`` itself, or its dropped-out copy), ``d[l]`` the delta of layer l, ``y`` the targets.
+    """
+
+    def __init__(self, backend, sizes, rows, dtype, dropout):
+        self.rows = rows
+        self.a = [backend.empty((rows, n), dtype) for n in sizes]
+        self.d = [None] + [backend.empty((rows, n), dtype) for n in sizes[1:]]
+        self.y = backend.empty((rows, sizes[-1]), dtype)
+        self.inp = list(self.a)
+        self.mask, self.uniform, self.uniform_host = {}, {}, {}
+        if dropout:
+            for l in range(1, len(sizes) - 1):  # hidden layers only
+                shape = (rows, sizes[l])
+                self.inp[l] = backend.empty(shape, dtype)
+                self.mask[l] = backend.empty(shape, dtype)
+                self.uniform[l] = backend.empty(shape, np.float32)
+                self.uniform_host[l] = np.empty(shape, np.float32)
+
+    def view(self, n):
+        """A workspace over the first ``n`` rows (row slices of C arrays stay contiguous)."""
+        if n == self.rows:
+            return self
+        v = object.__new__(_Workspace)
+        v.rows = n
+        v.a = [x[:n] for x in self.a]
+        v.d = [None] + [x[:n] for x in self.d[1:]]
+        v.y = self.y[:n]
+        v.inp = [x[:n] for x in self.inp]
+        v.mask = {k: x[:n] for k, x in self.mask.items()}
+        v.uniform = {k: x[:n] for k, x in self.uniform.items()}
+        v.uniform_host = {k: x[:n] for k, x in self.uniform_host.items()}
+        return v
+
+
+class MLP:
+    """A fully connected back-propagation network.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths, input first: ``[784, 100, 10]`` is one hidden layer of 100 units.
+    activation : str or sequence of str
+        Hidden activation(s): "sigmoid", "tanh", "relu" or "identity" (one per hidden layer, or one
+        for all).
+    output : str
+        Output activation: one of the above or "softmax".
+    loss : {"ce", "bce", "mse"}
+        Cross-entropy (softmax output), binary cross-entropy (sigmoid output), or Nielsen's quadratic
+        cost ½‖a − y‖² (any output); always the mean over the batch.
+    init : {"normal", "large", "xavier", "he"}
+        Weight initialisation (see :mod:`bpgpu.init`).
+    dtype : {"float32", "float64"}
+    backend : str or Backend
+        "auto", "numpy", "numba", "cupy" or an instance.
+    seed : int
+        Seeds the one host generator used for initial weights, shuffling and dropout masks.
+    input_scale, input_shift : float
+        Integer (uint8) inputs are mapped to ``x * input_scale + input_shift`` (default x/255);
+        float inputs are used as they are.
+    """
+
+    def __init__(self, sizes, activation="sigmoid", output="softmax", loss="ce", init="normal",
+                 dtype="float32", backend="auto", seed=0, input_scale=1.0 / 255, input_shift=0.0):
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ConfigError(f"sizes must list at least two positive layer widths, got {sizes}")
+        n_hidden = len(sizes) - 2
+        acts = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(acts) != n_hidden:
+            raise ConfigError(f"{len(acts)} hidden activations given for {n_hidden} hidden layers")
+        self.activations = [check_activation(a) for a in acts] + [output]
+        check_output_loss(output, loss)
+        if str(dtype) not in _DTYPES and np.dtype(dtype).name not in _DTYPES:
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = np.dtype(_DTYPES.get(str(dtype), dtype))
+        self.sizes, self.output, self.loss_name, self.init = sizes, output, loss, init
+        self.seed = seed
+        self.input_scale, self.input_shift = float(input_scale), float(input_shift)
+        self.backend = get_backend(backend)
+        self.rng = np.random.default_rng(seed)
+
+        # flat layout: all weights, then all biases
+        n_w = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
+        self.n_weights = sum(n_w)
+        self.n_params = self.n_weights + sum(sizes[1:])
+        self._params = self.backend.zeros((self.n_params,), self.dtype)
+        self._grads = self.backend.zeros((self.n_params,), self.dtype)
+        self.W, self.b = self._views(self._params)
+        self.dW, self.db = self._views(self._grads)
+        self._workspaces: dict = {}
+        self.set_params(*init_params(self.rng, sizes, init))
+
+    # ------------------------------------------------------------------ parameters
+    def _views(self, flat):
+        ws, bs, off = [], [], 0
+        for i, o in zip(self.sizes[:-1], self.sizes[1:]):
+            ws.append(flat[off:off + i * o].reshape(i, o))
+            off += i * o
+        for o in self.sizes[1:]:
+            bs.append(flat[off:off + o])
+            off += o
+        return ws, bs
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers (hidden layers + 1)."""
+        return len(self.sizes) - 1
+
+    def get_params(self):
+        """Host copies of the parameters.
+
+        Returns
+        -------
+        weights : list of ndarray, shapes (n_{l-1}, n_l)
+        biases : list of ndarray, shapes (n_l,)
+        """
+        flat = self.backend.to_host(self._params)
+        return self._views(flat)
+
+    def set_params(self, weights, biases):
+        """Replace the parameters with host arrays of the shapes :meth:`get_params` returns."""
+        if len(weights) != self.n_layers or len(biases) != self.n_layers:
+            raise ConfigError(f"expected {self.n_layers} weight and bias arrays, got "
+                              f"{len(weights)} and {len(biases)}")
+        flat = np.empty(self.n_params, self.dtype)
+        hw, hb = self._views(flat)
+        for l, (w, b) in enumerate(zip(weights, biases)):
+            w, b = np.asarray(w), np.asarray(b)
+            if w.shape != hw[l].shape or b.shape != hb[l].shape:
+                raise ConfigError(f"layer {l}: expected W {hw[l].shape} and b {hb[l].shape}, "
+                                  f"got {w.shape} and {b.shape}")
+            hw[l][...] = w
+            hb[l][...] = b
+        if not np.all(np.isfinite(flat)):
+            raise ConfigError("parameters contain NaN or inf")
+        self.backend.upload(flat, self._params)
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this architecture (saved with the model)."""
+        return {"sizes": list(self.sizes), "activation": self.activations[:-1],
+                "output": self.output, "loss": self.loss_name, "init": self.init,
+                "dtype": self.dtype.name, "seed": self.seed,
+                "input_scale": self.input_scale, "input_shift": self.input_shift}
+
+    def __repr__(self):
+        arch = "-".join(map(str, self.sizes))
+        return (f"MLP({arch}, {'/'.join(self.activations)}, loss={self.loss_name}, "
+                f"{self.dtype.name}, backend={self.backend.name})")
+
+    # ------------------------------------------------------------------ data preparation
+    def prepare_inputs(self, X):
+        """Validate ``X`` and move it to the device (uint8 stays uint8; anything else -> dtype).
+
+        Parameters
+        ----------
+        X : array-like, shape (N, n_0) or (N, ...) with prod(...) == n_0
+
+        Returns
+        -------
+        device array, shape (N, n_0)
+        """
+        X = np.asarray(X)
+        if X.ndim >= 2 and X.ndim != 2:
+            X = X.reshape(X.shape[0], -1)
+        if X.ndim != 2 or X.shape[1] != self.sizes[0]:
+            raise DataError(f"inputs must have shape (N, {self.sizes[0]}), got {X.shape}")
+        if X.shape[0] == 0:
+            raise DataError("inputs are empty (0 samples)")
+        if X.dtype == np.uint8:
+            return self.backend.asarray(X)
+        if X.dtype.kind not in "fiub":
+            raise DataError(f"inputs must be numeric, got dtype {X.dtype}")
+        X = X.astype(self.dtype, copy=False)
+        if not np.all(np.isfinite(X)):
+            raise DataError("inputs contain NaN or inf")
+        return self.backend.asarray(X)
+
+    def targets_from(self, y, n_rows):
+        """Turn labels or targets into a host float array of shape (N, n_out).
+
+        Integer labels become one-hot rows (or a 0/1 column when there is one output); float
+        targets are used as they are. Raises DataError for a length mismatch, labels out of range,
+        a wrong width, or NaN.
+        """
+        y = np.asarray(y)
+        n_out = self.sizes[-1]
+        if y.shape[:1] != (n_rows,):
+            raise DataError(f"got {n_rows} inputs but targets of shape {y.shape}")
+        if y.dtype == bool:
+            y = y.astype(np.int64)
+        if y.ndim == 1 and y.dtype.kind in "iu":
+            hi = 1 if n_out == 1 else n_out - 1
+            if y.size and (y.min() < 0 or y.max() > hi):
+                raise DataError(f"labels must be integers in [0, {hi}] for {n_out} outputs, "
+                                f"found values in [{y.min()}, {y.max()}]")
+            if n_out == 1:
+                return y.astype(self.dtype).reshape(-1, 1)
+            onehot = np.zeros((n_rows, n_out), self.dtype)
+            onehot[np.arange(n_rows), y] = 1
+            return onehot
+        if y.dtype.kind not in "fiu":
+            raise DataError(f"targets must be numeric labels or values, got dtype {y.dtype}")
+        if y.ndim == 1 and n_out == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2 or y.shape[1] != n_out:
+            raise DataError(f"targets must be integer labels of shape ({n_rows},) or values of "
+                            f"shape ({n_rows}, {n_out}), got {y.shape} of {y.dtype}")
+        y = y.astype(self.dtype)
+        if not np.all(np.isfinite(y)):
+            raise DataError("targets contain NaN or inf")
+        return y
+
+    # ------------------------------------------------------------------ forward and backward
+    def workspace(self, rows, dropout=False):
+        """The (cached) workspace for batches of up to ``rows`` samples."""
+        key = (rows, bool(dropout))
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) >= 6:  # a bound, not a cache policy: evict the oldest
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[key] = _Workspace(self.backend, self.sizes, rows, self.dtype,
+                                                    dropout)
+        return ws
+
+    def forward(self, ws, dropout=0.0):
+        """Forward pass from ``ws.a[0]``; leaves every layer's output in ``ws.a``.
+
+        With ``dropout > 0`` (training only), hidden outputs are dropped with masks drawn from
+        the model's generator on the host.
+        """
+        be = self.backend
+        L = self.n_layers
+        for l in range(1, L + 1):
+            be.gemm(ws.inp[l - 1], self.W[l - 1], out=ws.a[l])
+            be.bias_activation(ws.a[l], self.b[l - 1], self.activations[l - 1])
+            if dropout and l < L:
+                self.rng.random(out=ws.uniform_host[l], dtype=np.float32)
+                be.upload(ws.uniform_host[l], ws.uniform[l])
+                be.dropout_forward(ws.a[l], ws.uniform[l], dropout, ws.mask[l], out=ws.inp[l])
+        return ws.a[L]
+
+    def backward(self, ws, dropout=0.0, loss_acc=None):
+        """Backward pass: fills the flat gradient buffer from ``ws`` after :meth:`forward`.
+
+        ``ws.y`` holds the targets. If ``loss_acc`` (device float64 array of shape (1,)) is given,
+        the batch's summed loss is added to it in the same pass.
+        """
+        be = self.backend
+        L = self.n_layers
+        be.output_delta(ws.a[L], ws.y, ws.d[L], self.output, self.loss_name, loss_acc)
+        for l in range(L, 0, -1):
+            be.gemm(ws.inp[l - 1], ws.d[l], out=self.dW[l - 1], trans_a=True)
+            be.column_sums(ws.d[l], out=self.db[l - 1])
+            if l > 1:
+                be.gemm(ws.d[l], self.W[l - 1], out=ws.d[l - 1], trans_b=True)
+                if dropout:
+                    be.dropout_backward(ws.d[l - 1], ws.mask[l - 1])
+                be.activation_backward(ws.d[l - 1], ws.a[l - 1], self.activations[l - 2])
+
+    def _load_batch(self, ws, X_dev, T_dev, idx):
+        """Gather rows ``idx`` of the device-resident data into the workspace."""
+        be = self.backend
+        be.gather_rows(X_dev, idx, ws.a[0], self.input_scale, self.input_shift)
+        if T_dev is not None:
+            be.gather_rows(T_dev, idx, ws.y)
+
+    def _set_batch(self, ws, X_dev, T_dev, start, stop):
+        """Copy contiguous rows ``start:stop`` of the device data into the workspace."""
+        be = self.backend
+        if X_dev.dtype == np.uint8:
+            be.gather_rows(X_dev, be.asarray(np.arange(start, stop)), ws.a[0],
+                           self.input_scale, self.input_shift)
+        else:
+            be.copy(X_dev[start:stop], ws.a[0])
+        if T_dev is not None:
+            be.copy(T_dev[start:stop], ws.y)
+
+    def _chunks(self, X_dev, T_dev=None):
+        """Yield workspaces holding successive chunks of ``X_dev`` after a forward pass."""
+        n = X_dev.shape[0]
+        full = self.workspace(min(n, _EVAL_CHUNK))
+        for start in range(0, n, full.rows):
+            stop = min(start + full.rows, n)
+            ws = full.view(stop - start)
+            self._set_batch(ws, X_dev, T_dev, start, stop)
+            self.forward(ws)
+            yield start, stop, ws
+
+    # ------------------------------------------------------------------ public inference API
+    def predict_proba(self, X):
+        """Output-layer activations for ``X``, shape (N, n_out), host numpy."""
+        X_dev = self.prepare_inputs(X)
+        out = np.empty((X_dev.shape[0], self.sizes[-1]), self.dtype)
+        for start, stop, ws in self._chunks(X_dev):
+            out[start:stop] = self.backend.to_host(ws.a[-1])
+        return out
+
+    def predict(self, X):
+        """Predicted class labels, shape (N,): argmax of the outputs, or a 0.5 threshold for one."""
+        p = self.predict_proba(X)
+        if p.shape[1] == 1:
+            return (p[:, 0] >= 0.5).astype(np.int64)
+        return p.argmax(axis=1)
+
+    def _metrics(self, X_dev, T_dev):
+        """Mean loss and accuracy over device-resident data, read from the device once."""
+        be = self.backend
+        acc = be.zeros((2,), np.float64)
+        for _, _, ws in self._chunks(X_dev, T_dev):
+            be.loss_sum(ws.a[-1], ws.y, self.loss_name, acc[0:1])
+            be.count_correct(ws.a[-1], ws.y, acc[1:2])
+        loss_sum, correct = be.to_host(acc)
+        n = X_dev.shape[0]
+        return float(loss_sum) / n, float(correct) / n
+
+    def evaluate(self, X, y):
+        """Mean loss and accuracy on ``(X, y)``.
+
+        Returns
+        -------
+        dict with keys "loss" and "accuracy" (accuracy is computed by argmax, or a 0.5 threshold
+        with one output).
+        """
+        X_dev = self.prepare_inputs(X)
+        T_dev = self.backend.asarray(self.targets_from(y, X_dev.shape[0]))
+        loss, accuracy = self._metrics(X_dev, T_dev)
+        return {"loss": loss, "accuracy": accuracy}
+
+    def loss(self, X, Y) -> float:
+        """Mean loss over the samples of ``(X, Y)`` (float)."""
+        return self.evaluate(X, Y)["loss"]
+
+    def _full_batch(self, X, Y):
+        X_dev = self.prepare_inputs(X)
+        T_dev = self.backend.asarray(self.targets_from(Y, X_dev.shape[0]))
+        ws = self.workspace(X_dev.shape[0])
+        self._set_batch(ws, X_dev, T_dev, 0, X_dev.shape[0])
+        return ws
+
+    def gradients(self, X, Y):
+        """Gradient of the mean loss over the batch ``(X, Y)``.
+
+        Returns
+        -------
+        dW : list of ndarray, shapes (n_{l-1}, n_l), host copies
+        db : list of ndarray, shapes (n_l,)
+        """
+        ws = self._full_batch(X, Y)
+        self.forward(ws)
+        self.backward(ws)
+        return self._views(self.backend.to_host(self._grads))
+
+    def step(self, X, Y, lr=0.1):
+        """One plain SGD step on the batch ``(X, Y)``: ``W -= lr * dL/dW`` (and biases)."""
+        ws = self._full_batch(X, Y)
+        self.forward(ws)
+        self.backward(ws)
+        self.backend.sgd_update(self._params, self._grads, float(lr))
+
+    # ------------------------------------------------------------------ training and files
+    def fit(self, X, y, **kwargs):
+        """Train with mini-batch gradient descent; see :func:`bpgpu.train.fit` for the options.
+
+        Returns
+        -------
+        History
+        """
+        from .train import fit
+        return fit(self, X, y, **kwargs)
+
+    def save(self, path):
+        """Write the model to ``path`` (.npz + JSON metadata), atomically."""
+        from .io import save
+        save(self, path)

@@ -1,0 +1,76 @@
+"""Optimizers over the model's one flat parameter buffer.
+
+An optimizer owns its state buffers (velocity; Adam's moments) on the device and calls exactly one
+backend op per step, so a backend with a fused kernel updates every parameter in one pass. Weight
+decay is the L2 coefficient added to the gradient (``g + wd * w``) and applies to weights only: the
+flat buffer stores all weights first, so decay covers its first ``n_decay`` entries.
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigError
+
+__all__ = ["OPTIMIZERS", "make_optimizer", "SGD", "Momentum", "Adam"]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+
+
+class SGD:
+    """Plain stochastic gradient descent: ``p -= lr * (g + wd * p)``."""
+
+    def __init__(self, backend, n_params, dtype, *, lr, weight_decay=0.0, n_decay=0):
+        self.backend, self.lr = backend, float(lr)
+        self.weight_decay, self.n_decay = float(weight_decay), int(n_decay)
+
+    def update(self, params, grads):
+        """Apply one update to ``params`` (shape (P,)) in place; ``grads`` may be overwritten."""
+        self.backend.sgd_update(params, grads, self.lr, self.weight_decay, self.n_decay)
+
+
+class Momentum(SGD):
+    """SGD with (optionally Nesterov) momentum, PyTorch's form: ``v = mu v + g``."""
+
+    def __init__(self, backend, n_params, dtype, *, lr, momentum=0.9, nesterov=False, **kw):
+        super().__init__(backend, n_params, dtype, lr=lr, **kw)
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.velocity = backend.zeros((n_params,), dtype)
+
+    def update(self, params, grads):
+        self.backend.momentum_update(params, grads, self.velocity, self.lr, self.momentum,
+                                     self.weight_decay, self.n_decay, self.nesterov)
+
+
+class Adam(SGD):
+    """Adam with bias correction (Kingma & Ba 2015); L2 weight decay added to the gradient."""
+
+    def __init__(self, backend, n_params, dtype, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
+        super().__init__(backend, n_params, dtype, lr=lr, **kw)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.m = backend.zeros((n_params,), dtype)
+        self.v = backend.zeros((n_params,), dtype)
+        self.t = 0
+
+    def update(self, params, grads):
+        self.t += 1
+        self.backend.adam_update(params, grads, self.m, self.v, self.lr, self.beta1, self.beta2,
+                                 self.eps, self.t, self.weight_decay, self.n_decay)
+
+
+def make_optimizer(name, backend, n_params, dtype, *, lr, momentum=0.9, weight_decay=0.0,
+                   n_decay=0):
+    """Build the optimizer ``name`` (one of :data:`OPTIMIZERS`) for a flat buffer of ``n_params``."""
+    if lr is None or not lr > 0:
+        raise ConfigError(f"learning rate must be positive, got {lr}")
+    if weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    common = dict(lr=lr, weight_decay=weight_decay, n_decay=n_decay)
+    if name == "sgd":
+        return SGD(backend, n_params, dtype, **common)
+    if name in ("momentum", "nesterov"):
+        return Momentum(backend, n_params, dtype, momentum=momentum, nesterov=name == "nesterov",
+                        **common)
+    if name == "adam":
+        return Adam(backend, n_params, dtype, **common)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
