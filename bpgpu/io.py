@@ -18,10 +18,32 @@ import numpy as np
 
 from .errors import BpgpuError, ModelFileError
 
-__all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "atomic_write", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "bpgpu-mlp"
 FORMAT_VERSION = 1
+
+
+def atomic_write(path, write) -> str:
+    """Create ``path`` by calling ``write(binary_file)`` on a temporary file, then renaming it.
+
+    Either the whole new file is there afterwards or the old state is untouched (no half-written
+    output, whatever ``write`` raises).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bpgpu-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def save(model, path) -> str:
@@ -37,19 +59,7 @@ def save(model, path) -> str:
     arrays = {f"W{i}": w for i, w in enumerate(weights)}
     arrays.update({f"b{i}": b for i, b in enumerate(biases)})
     arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bpgpu-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_metadata(archive, path):

@@ -170,7 +170,9 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     order_host = np.arange(n)
     n_batches = -(-n // batch)
 
-    with be.compute_threads(batch):
+    # A diverging run overflows on the way to NaN; that is detected and reported below, so
+    # numpy's per-op floating-point warnings would only be noise.
+    with be.compute_threads(batch), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             if shuffle:

@@ -6,8 +6,9 @@ from a directory or the Debian package, toy sets are generated from a seed.
 
 from .idx import read_idx, write_idx
 from .mnist import fashion_mnist, load_idx_dir, mnist
+from .named import Dataset, load_dataset
 from .tabular import TabularData, load_csv
 from .toy import moons, xor
 
 __all__ = ["mnist", "fashion_mnist", "load_idx_dir", "read_idx", "write_idx", "xor", "moons",
-           "load_csv", "TabularData"]
+           "load_csv", "TabularData", "Dataset", "load_dataset"]

@@ -1,0 +1,270 @@
+"""The ``bpgpu`` command: ``info``, ``train``, ``evaluate``, ``gradcheck``.
+
+Every error a user can cause prints one line on stderr and exits with status 2, with no traceback;
+output files (``--save``, ``--json``) are checked before training starts and written atomically, so a
+failed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main", "TRAIN_DEFAULTS"]
+
+#: The default `bpgpu train`: >= 97.5 % MNIST test accuracy well within 60 s on a 2-core CPU
+#: (measured in bench/NOTES.md).
+TRAIN_DEFAULTS = dict(hidden="256", activation="relu", output="softmax", loss="ce", init="he",
+                      optimizer="momentum", lr=0.05, momentum=0.9, batch_size=128, epochs=10)
+
+
+class UsageError(Exception):
+    """Bad command-line usage (reported like any other error: one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def _csv_ints(text):
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _writable(path, what):
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(directory):
+        raise UsageError(f"{what} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"{what} {path}: directory {directory} is not writable")
+
+
+def _write_json(path, obj):
+    from .io import atomic_write
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode() + b"\n"))
+
+
+# ---------------------------------------------------------------------------------------- info
+def cmd_info(args):
+    from .sysinfo import machine_record
+    rec = machine_record()
+    if args.json:
+        print(json.dumps(rec, indent=2, default=str))
+        return 0
+    v = rec["versions"]
+    print(f"bpgpu {_version()}  python {v['python']}  numpy {v['numpy']}")
+    print(f"cpu: {rec['cpu']} ({rec['cores']} cores)")
+    if rec["blas"]:
+        for b in rec["blas"]:
+            print(f"blas: {b['api']} {b['version']} ({b['library']}), {b['threads']} threads")
+    else:
+        print("blas: unknown (install threadpoolctl to see it)")
+    others = ", ".join(f"{k} {val}" for k, val in v.items()
+                       if k not in ("python", "numpy") and val is not None)
+    print(f"libraries: {others or 'none of the optional ones'}")
+    print("backends:")
+    for b in rec["backends"]:
+        mark = "yes" if b["available"] else "no "
+        print(f"  {b['name']:<6} {mark}  {b['reason']}")
+    print(f"auto: {rec['auto_reason']}")
+    if rec["gpus"]:
+        for g in rec["gpus"]:
+            print("gpu: " + ", ".join(f"{k} {val}" for k, val in g.items()))
+    else:
+        print("gpu: none found")
+    return 0
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------- train
+def _build_model(args, data):
+    from .mlp import MLP
+    hidden = _csv_ints(args.hidden) if isinstance(args.hidden, str) else args.hidden
+    sizes = [data.n_inputs] + hidden + [data.n_outputs]
+    return MLP(sizes, activation=args.activation, output=args.output, loss=args.loss,
+               init=args.init, dtype=args.dtype, backend=args.backend, seed=args.seed)
+
+
+def cmd_train(args):
+    from .backends import auto_reason
+    from .datasets import load_dataset
+    _writable(args.save, "--save")
+    _writable(args.json, "--json")
+    _writable(args.plot, "--plot")
+    if args.plot:
+        from ._compat import optional_import
+        if optional_import("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'bpgpu[plot]'")
+    data = load_dataset(args.dataset, target=args.target, seed=args.seed)
+    if data.task == "regression" and args.loss == "ce":
+        args.output, args.loss = "identity", "mse"
+    net = _build_model(args, data)
+    why = auto_reason()[1] if args.backend == "auto" else net.backend.describe()
+    print(f"backend: {net.backend.name} — {why}", file=sys.stderr)
+    print(f"model: {net}; dataset {data.name}: {len(data.X_train)} train, {len(data.X_test)} "
+          f"test", file=sys.stderr)
+    t0 = time.perf_counter()
+    history = net.fit(data.X_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
+                      optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                      weight_decay=args.weight_decay, dropout=args.dropout,
+                      validation_split=args.validation_split, early_stopping=args.early_stopping,
+                      shuffle=not args.no_shuffle, progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    test = net.evaluate(data.X_test, data.y_test)
+    if history.stop_reason != "completed":
+        print(history.stop_reason, file=sys.stderr)
+    acc = f", accuracy {test['accuracy']:.4f}" if data.task == "classification" else ""
+    print(f"test: loss {test['loss']:.4f}{acc}  ({len(history.epoch)} epochs, {wall:.1f} s, "
+          f"backend {net.backend.name})")
+    if args.save:
+        net.save(args.save)
+        print(f"saved model to {args.save}", file=sys.stderr)
+    if args.json:
+        _write_json(args.json, {"history": history.to_dict(), "test": test,
+                                "backend": net.backend.name, "wall_time_s": wall,
+                                "model": net.config(), "dataset": data.name,
+                                "fit": {k: getattr(args, k) for k in
+                                        ("epochs", "batch_size", "optimizer", "lr", "momentum",
+                                         "weight_decay", "dropout", "validation_split",
+                                         "early_stopping")}})
+    if args.plot:
+        from .plots import plot_history
+        plot_history(history, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 1 if history.diverged else 0
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args):
+    from .datasets import load_dataset
+    from .io import load
+    net = load(args.model, backend=args.backend)
+    data = load_dataset(args.dataset, target=args.target)
+    if data.n_inputs != net.sizes[0] or data.n_outputs != net.sizes[-1]:
+        raise UsageError(f"model {args.model} is {'-'.join(map(str, net.sizes))} but dataset "
+                         f"{data.name} has {data.n_inputs} inputs and {data.n_outputs} outputs")
+    res = net.evaluate(data.X_test, data.y_test)
+    print(f"{args.model} on {data.name} test ({len(data.X_test)} samples, backend "
+          f"{net.backend.name}): loss {res['loss']:.4f}, accuracy {res['accuracy']:.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- gradcheck
+def cmd_gradcheck(args):
+    from .datasets import load_dataset
+    from .gradcheck import gradcheck_layers
+    from .mlp import MLP
+    data = load_dataset(args.dataset, seed=args.seed)
+    sizes = [data.n_inputs] + _csv_ints(args.hidden) + [data.n_outputs]
+    net = MLP(sizes, activation=args.activation, output=args.output, loss=args.loss,
+              init=args.init, dtype="float64", backend=args.backend, seed=args.seed)
+    X, y = data.X_train[:args.batch], data.y_train[:args.batch]
+    rows = gradcheck_layers(net, X, y, eps=args.eps, max_per_layer=args.per_layer)
+    worst = 0.0
+    print(f"gradcheck {net} on {len(X)} samples of {data.name}, eps {args.eps}")
+    for r in rows:
+        worst = max(worst, r["weights"], r["biases"])
+        print(f"  layer {r['layer']}: weights {r['weights']:.3e}  biases {r['biases']:.3e}")
+    ok = worst < args.tol
+    print(f"max relative error {worst:.3e} ({'OK' if ok else 'FAILED'}: tolerance {args.tol:g})")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------- parser
+def _add_model_args(p, defaults):
+    p.add_argument("--hidden", default=defaults["hidden"],
+                   help="hidden layer widths, comma-separated (default %(default)s)")
+    p.add_argument("--activation", default=defaults["activation"],
+                   choices=["sigmoid", "tanh", "relu", "identity"])
+    p.add_argument("--output", default=defaults["output"],
+                   choices=["sigmoid", "tanh", "relu", "identity", "softmax"])
+    p.add_argument("--loss", default=defaults["loss"], choices=["ce", "bce", "mse"])
+    p.add_argument("--init", default=defaults["init"], choices=["normal", "large", "xavier", "he"])
+    p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"),
+                   help="auto, numpy, numba or cupy (default: auto or $BPGPU_BACKEND)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="mnist",
+                   help="mnist, fashion-mnist, xor, moons, an IDX directory or a CSV file")
+    p.add_argument("--target", default=None, help="target column of a CSV dataset (default: last)")
+
+
+def build_parser():
+    parser = _Parser(prog="bpgpu", description="Back-propagation MLPs on NumPy, Numba or CuPy.")
+    parser.add_argument("--version", action="version", version=f"bpgpu {_version()}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    p = sub.add_parser("info", help="versions, CPU, BLAS, backends and GPUs")
+    p.add_argument("--json", action="store_true", help="print the machine record as JSON")
+    p.set_defaults(func=cmd_info)
+
+    d = TRAIN_DEFAULTS
+    p = sub.add_parser("train", help="train a network (default: MNIST, best backend)")
+    _add_model_args(p, d)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--optimizer", default=d["optimizer"],
+                   choices=["sgd", "momentum", "nesterov", "adam"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--momentum", type=float, default=d["momentum"])
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--validation-split", type=float, default=None)
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
+    p.add_argument("--json", metavar="PATH", help="write history, test metrics, backend, time")
+    p.add_argument("--plot", metavar="PATH.png", help="plot loss and accuracy per epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's test split")
+    p.add_argument("model")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--target", default=None)
+    p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gradcheck", help="back-propagation vs finite differences, per layer")
+    _add_model_args(p, dict(hidden="30", activation="sigmoid", output="softmax", loss="ce",
+                            init="normal"))
+    p.add_argument("--batch", type=int, default=16, help="samples in the checked batch")
+    p.add_argument("--per-layer", type=int, default=200,
+                   help="entries checked per W and b (random subset)")
+    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.set_defaults(func=cmd_gradcheck)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``bpgpu`` console script; returns the exit status."""
+    from .errors import BpgpuError
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, BpgpuError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"bpgpu: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bpgpu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

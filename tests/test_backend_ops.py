@@ -1,0 +1,256 @@
+"""Every backend op against plain formulas, over shapes (1 row, 1 column, odd sizes) and dtypes."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+from bpgpu.backends import OPS, Backend, get_backend
+from bpgpu.backends.numpy_backend import NumpyBackend
+
+from .conftest import TOL
+from .reference import act, onehot
+
+SHAPES = [(1, 1), (1, 7), (5, 1), (17, 33), (64, 100)]
+
+
+@pytest.fixture
+def be(backend_name):
+    return get_backend(backend_name)
+
+
+def dev(be, x, dtype=None):
+    return be.asarray(np.array(x, copy=True), dtype=dtype)
+
+
+def close(be, got, want, dtype):
+    np.testing.assert_allclose(be.to_host(got), want, **TOL[dtype])
+
+
+def rand(shape, seed=0, lo=-3, hi=3):
+    return np.random.default_rng(seed).uniform(lo, hi, shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "identity", "softmax"])
+def test_bias_activation(be, dtype, shape, activation):
+    z, b = rand(shape, 1), rand(shape[1:], 2)
+    zd = dev(be, z, dtype)
+    be.bias_activation(zd, dev(be, b, dtype), activation)
+    close(be, zd, act(activation, z + b), dtype)
+
+
+def test_sigmoid_extremes_no_warning(be, dtype):
+    z = np.array([[-1000.0, -100.0, 0.0, 100.0, 1000.0]])
+    zd = dev(be, z, dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        be.bias_activation(zd, dev(be, np.zeros(5), dtype), "sigmoid")
+    got = be.to_host(zd)
+    assert np.all(np.isfinite(got)) and got[0, 2] == 0.5 and got[0, 4] == 1.0 and got[0, 0] >= 0
+
+
+def test_softmax_large_logits_stable(be, dtype):
+    z = np.array([[1000.0, 1001.0, 999.0], [-1e4, 0, 1e4]])
+    zd = dev(be, z, dtype)
+    be.bias_activation(zd, dev(be, np.zeros(3), dtype), "softmax")
+    close(be, zd, act("softmax", z), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "identity", "softmax"])
+def test_activation_backward(be, dtype, shape, activation):
+    z = rand(shape, 3)
+    a = act(activation, z)
+    g = rand(shape, 4)
+    d = dev(be, g, dtype)
+    be.activation_backward(d, dev(be, a, dtype), activation)
+    if activation == "softmax":
+        want = a * (g - (g * a).sum(axis=1, keepdims=True))
+    else:
+        want = {"sigmoid": g * a * (1 - a), "tanh": g * (1 - a * a), "relu": g * (a > 0),
+                "identity": g}[activation]
+    close(be, d, want, dtype)
+
+
+PAIRS = [("softmax", "ce"), ("sigmoid", "bce"), ("sigmoid", "mse"), ("tanh", "mse"),
+         ("relu", "mse"), ("identity", "mse"), ("softmax", "mse")]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("output,loss", PAIRS)
+def test_output_delta_and_loss(be, dtype, rows, output, loss):
+    n = 1 if output == "sigmoid" and loss == "bce" and rows == 3 else 5
+    z = rand((rows, n), 5)
+    a = act(output, z)
+    if loss == "ce":
+        y = onehot(np.random.default_rng(6).integers(0, n, rows), n)
+    elif loss == "bce":
+        y = np.random.default_rng(6).integers(0, 2, (rows, n)).astype(float)
+    else:
+        y = rand((rows, n), 6)
+    ad, yd = dev(be, a, dtype), dev(be, y, dtype)
+    delta = be.empty((rows, n), np.dtype(dtype))
+    acc = be.zeros((1,), np.float64)
+    be.output_delta(ad, yd, delta, output, loss, acc)
+    g = (a - y) / rows
+    if loss == "mse":
+        want = {"sigmoid": g * a * (1 - a), "tanh": g * (1 - a * a), "relu": g * (a > 0),
+                "identity": g, "softmax": a * (g - (g * a).sum(1, keepdims=True))}[output]
+        value = 0.5 * ((a - y) ** 2).sum()
+    elif loss == "ce":
+        want, value = g, -(y * np.log(a)).sum()
+    else:
+        want, value = g, -(y * np.log(a) + (1 - y) * np.log(1 - a)).sum()
+    close(be, delta, want, dtype)
+    np.testing.assert_allclose(be.to_host(acc)[0], value, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_loss_never_logs_zero(be, dtype):
+    a = dev(be, np.array([[0.0, 1.0]]), dtype)
+    y = dev(be, np.array([[1.0, 0.0]]), dtype)
+    for loss in ("ce", "bce"):
+        acc = be.zeros((1,), np.float64)
+        be.loss_sum(a, y, loss, acc)
+        assert np.isfinite(be.to_host(acc)[0]) and be.to_host(acc)[0] > 10
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_gemm(be, dtype, shape, ta, tb):
+    m, n = shape
+    k = 9
+    A = rand((k, m) if ta else (m, k), 7)
+    B = rand((n, k) if tb else (k, n), 8)
+    out = be.empty((m, n), np.dtype(dtype))
+    Ad, Bd = dev(be, A, dtype), dev(be, B, dtype)
+    be.gemm(Ad, Bd, out, trans_a=ta, trans_b=tb)
+    close(be, out, (A.T if ta else A) @ (B.T if tb else B), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_column_sums(be, dtype, shape):
+    d = rand(shape, 9)
+    out = be.empty((shape[1],), np.dtype(dtype))
+    be.column_sums(dev(be, d, dtype), out)
+    close(be, out, d.sum(axis=0), dtype)
+
+
+@pytest.mark.parametrize("n_out", [1, 4])
+def test_count_correct(be, dtype, n_out):
+    rng = np.random.default_rng(10)
+    a = rng.uniform(0, 1, (50, n_out))
+    y = onehot(rng.integers(0, n_out, 50), n_out) if n_out > 1 else rng.integers(0, 2, (50, 1))
+    acc = be.zeros((1,), np.float64)
+    be.count_correct(dev(be, a, dtype), dev(be, y, dtype), acc)
+    want = ((a >= 0.5) == (y >= 0.5)).sum() if n_out == 1 else (a.argmax(1) == y.argmax(1)).sum()
+    assert be.to_host(acc)[0] == want
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (7, 13), (64, 784)])
+def test_gather_rows_uint8_scaled(be, dtype, rows, cols):
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, (100, cols), dtype=np.uint8)
+    idx = rng.integers(0, 100, rows)
+    out = be.empty((rows, cols), np.dtype(dtype))
+    be.gather_rows(dev(be, data), dev(be, idx), out, scale=0.98 / 255, shift=0.01)
+    close(be, out, data[idx] * (0.98 / 255) + 0.01, dtype)
+
+
+def test_gather_rows_float(be, dtype):
+    data = rand((30, 6), 12)
+    idx = np.array([29, 0, 5, 5])
+    out = be.empty((4, 6), np.dtype(dtype))
+    be.gather_rows(dev(be, data, dtype), dev(be, idx), out)
+    close(be, out, data[idx], dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (8, 13)])
+def test_dropout(be, dtype, shape):
+    a, u, g = rand(shape, 13), np.random.default_rng(14).random(shape), rand(shape, 15)
+    mask = be.empty(shape, np.dtype(dtype))
+    out = be.empty(shape, np.dtype(dtype))
+    ad = dev(be, a, dtype)
+    be.dropout_forward(ad, dev(be, u, np.float32), 0.3, mask, out)
+    keep = (u.astype(np.float32) >= 0.3) / 0.7
+    close(be, out, a * keep, dtype)
+    close(be, ad, a, dtype)   # input left intact for the derivative
+    gd = dev(be, g, dtype)
+    be.dropout_backward(gd, mask)
+    close(be, gd, g * keep, dtype)
+
+
+def _flat(seed, n=23):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=n), rng.normal(size=n)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_sgd_update(be, dtype, wd):
+    p, g = _flat(16)
+    pd, gd = dev(be, p, dtype), dev(be, g, dtype)
+    be.sgd_update(pd, gd, 0.1, wd, 10)
+    gg = g.copy()
+    gg[:10] += wd * p[:10]
+    close(be, pd, p - 0.1 * gg, dtype)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_momentum_update(be, dtype, nesterov, wd):
+    p, g = _flat(17)
+    v = np.random.default_rng(18).normal(size=p.size)
+    pd, gd, vd = dev(be, p, dtype), dev(be, g, dtype), dev(be, v, dtype)
+    be.momentum_update(pd, gd, vd, 0.1, 0.9, wd, 10, nesterov)
+    gg = g.copy()
+    gg[:10] += wd * p[:10]
+    v2 = 0.9 * v + gg
+    want = p - 0.1 * (gg + 0.9 * v2 if nesterov else v2)
+    close(be, vd, v2, dtype)
+    close(be, pd, want, dtype)
+
+
+@pytest.mark.parametrize("step", [1, 7])
+def test_adam_update(be, dtype, step):
+    p, g = _flat(19)
+    m = np.random.default_rng(20).normal(size=p.size)
+    v = np.random.default_rng(21).uniform(0, 1, size=p.size)
+    pd, gd, md, vd = (dev(be, x, dtype) for x in (p, g, m, v))
+    be.adam_update(pd, gd, md, vd, 0.01, 0.9, 0.999, 1e-8, step, 0.01, 10)
+    gg = g.copy()
+    gg[:10] += 0.01 * p[:10]
+    m2 = 0.9 * m + 0.1 * gg
+    v2 = 0.999 * v + 0.001 * gg ** 2
+    want = p - 0.01 * (m2 / (1 - 0.9 ** step)) / (np.sqrt(v2 / (1 - 0.999 ** step)) + 1e-8)
+    close(be, md, m2, dtype)
+    close(be, vd, v2, dtype)
+    close(be, pd, want, dtype)
+
+
+def test_transfer_and_copy(be, dtype):
+    x = rand((3, 4), 22)
+    d = be.zeros((3, 4), np.dtype(dtype))
+    be.upload(x.astype(dtype), d)
+    e = be.empty((3, 4), np.dtype(dtype))
+    be.copy(d, e)
+    be.synchronize()
+    out = be.to_host(e)
+    assert isinstance(out, np.ndarray)
+    close(be, e, x, dtype)
+
+
+def test_every_backend_keeps_the_base_signatures(backend_name):
+    """The contract: an override never drifts from the base class's signature."""
+    cls = type(get_backend(backend_name))
+    for op in OPS:
+        base = inspect.signature(getattr(Backend, op))
+        mine = inspect.signature(getattr(cls, op))
+        assert list(mine.parameters) == list(base.parameters), f"{cls.__name__}.{op}"
+        for name, param in base.parameters.items():
+            assert mine.parameters[name].default == param.default, f"{cls.__name__}.{op}({name})"
+
+
+def test_ops_list_is_complete():
+    public = {n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_")}
+    assert set(OPS) <= public
+    assert public - set(OPS) <= {"describe", "compute_threads"}
+    assert issubclass(NumpyBackend, Backend)

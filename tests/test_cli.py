@@ -1,0 +1,118 @@
+"""The bpgpu command through a subprocess: real exit codes, one-line errors, files written or not."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bpgpu
+
+
+def run(*args, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "bpgpu", *args], capture_output=True, text=True,
+                          timeout=300, env=e)
+
+
+def assert_clean_error(res, fragment):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpgpu: error:"), res.stderr
+    assert fragment in lines[0]
+
+
+def test_info_lists_backends_and_auto_choice():
+    res = run("info")
+    assert res.returncode == 0, res.stderr
+    for text in ("cpu:", "blas:", "numpy  yes", "auto:", "gpu:"):
+        assert text in res.stdout
+    rec = json.loads(run("info", "--json").stdout)
+    assert rec["auto_backend"] in ("numpy", "numba", "cupy") and rec["cores"] >= 1
+
+
+def test_train_save_json_then_evaluate(tmp_path):
+    model, report = tmp_path / "m.npz", tmp_path / "r.json"
+    res = run("train", "--dataset", "moons", "--hidden", "8", "--activation", "tanh", "--init",
+              "xavier", "--optimizer", "adam", "--lr", "0.02", "--epochs", "40", "--batch-size",
+              "20", "--backend", "numpy", "--save", str(model), "--json", str(report))
+    assert res.returncode == 0, res.stderr
+    assert "test: loss" in res.stdout and "epoch 40" in res.stderr
+    rep = json.loads(report.read_text())
+    assert rep["backend"] == "numpy" and len(rep["history"]["loss"]) == 40
+    assert rep["test"]["accuracy"] > 0.9 and rep["wall_time_s"] > 0
+    res = run("evaluate", str(model), "--dataset", "moons")
+    assert res.returncode == 0 and "accuracy" in res.stdout
+
+
+def test_backend_env_variable():
+    res = run("train", "--dataset", "xor", "--hidden", "3", "--epochs", "1", "--quiet",
+              env={"BPGPU_BACKEND": "numpy"})
+    assert res.returncode == 0 and "backend: numpy" in res.stderr
+
+
+def test_train_textbook_csv(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("x1,x2,label\n" + "".join(f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}\n"
+                                          for i in range(60)))
+    res = run("train", "--dataset", str(p), "--hidden", "4", "--epochs", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "--backend", "tpu"], "unknown backend"),
+    (["train", "--dataset", "nowhere"], "unknown dataset"),
+    (["train", "--epochs", "x"], "invalid int"),
+    (["train", "--loss", "ce", "--output", "sigmoid", "--dataset", "xor"], "softmax"),
+    (["train", "--save", "/no/such/dir/m.npz"], "does not exist"),
+    (["train", "--json", "/no/such/dir/r.json"], "does not exist"),
+    (["evaluate", "/no/such/model.npz"], "no such file"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_errors_are_one_line_exit_2(args, fragment):
+    assert_clean_error(run(*args), fragment)
+
+
+def test_corrupt_model_file_is_a_clean_error(tmp_path):
+    p = tmp_path / "bad.npz"
+    p.write_bytes(b"PK\x03\x04garbage")
+    assert_clean_error(run("evaluate", str(p)), "bad.npz")
+
+
+def test_cupy_backend_without_gpu_is_a_clean_error():
+    from bpgpu._compat import has_cupy_gpu
+    if has_cupy_gpu():
+        pytest.skip("a CUDA device works here")
+    assert_clean_error(run("train", "--backend", "cupy", "--dataset", "xor"), "cupy")
+
+
+def test_diverging_run_keeps_no_model(tmp_path):
+    model = tmp_path / "m.npz"
+    res = run("train", "--dataset", "moons", "--hidden", "16", "--activation", "relu", "--init",
+              "large", "--lr", "10000", "--optimizer", "sgd", "--epochs", "30", "--quiet",
+              "--save", str(model))
+    assert res.returncode in (0, 1)
+    if res.returncode == 1:
+        assert "diverged" in res.stderr
+
+
+def test_gradcheck_command():
+    res = run("gradcheck", "--dataset", "xor", "--hidden", "3", "--backend", "numpy")
+    assert res.returncode == 0, res.stderr
+    assert "layer 0" in res.stdout and "layer 1" in res.stdout and "OK" in res.stdout
+
+
+def test_default_train_reaches_975_on_mnist(tmp_path):
+    """The README's main job: the default `bpgpu train` on MNIST (numpy, no GPU) >= 97.5 %."""
+    report = tmp_path / "r.json"
+    res = run("train", "--quiet", "--backend", "numpy", "--json", str(report))
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(report.read_text())
+    assert rep["test"]["accuracy"] >= 0.975, rep["test"]
+
+
+def test_version():
+    res = run("--version")
+    assert res.returncode == 0 and bpgpu.__version__ in res.stdout
