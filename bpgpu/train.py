@@ -54,7 +54,9 @@ class History:
 
     def epoch_line(self, i: int = -1) -> str:
         """One human-readable line for epoch ``i``."""
-        parts = [f"epoch {self.epoch[i]}", f"loss {self.loss[i]:.4f}"]
+        parts = [f"epoch {self.epoch[i]}"]
+        if self.loss[i] is not None:
+            parts.append(f"loss {self.loss[i]:.4f}")
         if self.accuracy[i] is not None:
             parts.append(f"acc {self.accuracy[i]:.4f}")
         if self.val_loss and self.val_loss[i] is not None:
@@ -92,7 +94,7 @@ def _progress_bar(enabled, total, desc):
 
 def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9,
         weight_decay=0.0, dropout=0.0, validation_data=None, validation_split=None,
-        early_stopping=None, shuffle=True, progress=False, on_epoch=None):
+        early_stopping=None, shuffle=True, train_metrics=True, progress=False, on_epoch=None):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -118,6 +120,10 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         10 % of the data when no validation set is given.
     shuffle : bool
         Draw a new permutation every epoch from the model's generator.
+    train_metrics : bool
+        Accumulate the running training loss and accuracy (default). False skips that per-batch
+        work (History then has ``None`` for them); divergence is still detected, from the
+        parameters.
     progress : bool
         Show a progress bar (tqdm, when installed) and print a line per epoch to stderr.
     on_epoch : callable(History), optional
@@ -156,6 +162,7 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         Xv_dev = model.prepare_inputs(Xv)
         val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
     classify = model.output == "softmax" or np.asarray(y).dtype.kind in "iub"
+    count_correct = classify and train_metrics
 
     opt = make_optimizer(optimizer, be, model.n_params, model.dtype, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, n_decay=model.n_weights)
@@ -185,28 +192,31 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
                 ws = ws_full.view(stop - start)
                 model._load_batch(ws, X_dev, T_dev, order[start:stop])
                 model.forward(ws, dropout)
-                if classify:
+                if count_correct:
                     be.count_correct(ws.a[-1], ws.y, acc[1:2])
-                model.backward(ws, dropout, loss_acc=acc[0:1])
+                model.backward(ws, dropout, loss_acc=acc[0:1] if train_metrics else None)
                 opt.update(model._params, model._grads)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
                 bar.close()
             loss_sum, correct = be.to_host(acc)       # the epoch's one read from the device
-            loss = float(loss_sum) / n
-            if not math.isfinite(loss):
+            loss = float(loss_sum) / n if train_metrics else None
+            finite = math.isfinite(loss) if train_metrics else be.all_finite(model._params)
+            if not finite:
                 be.copy(last_good, model._params)
                 history.diverged = True
-                history.stop_reason = (f"diverged: training loss became {loss} in epoch {epoch} "
+                what = f"training loss became {loss}" if train_metrics else "parameters became NaN/inf"
+                history.stop_reason = (f"diverged: {what} in epoch {epoch} "
                                        f"(lower the learning rate); kept the weights of epoch "
                                        f"{epoch - 1}")
                 warnings.warn(history.stop_reason, TrainingDiverged, stacklevel=3)
                 break
             history.epoch.append(epoch)
             history.loss.append(loss)
-            history.accuracy.append(float(correct) / n if classify else None)
-            history.loss_increased.append(len(history.loss) > 1 and loss > history.loss[-2])
+            history.accuracy.append(float(correct) / n if count_correct else None)
+            history.loss_increased.append(train_metrics and len(history.loss) > 1
+                                          and loss > history.loss[-2])
             if val is not None:
                 vl, va = model._metrics(*val)
                 history.val_loss.append(vl)

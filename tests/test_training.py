@@ -192,3 +192,22 @@ def test_no_warnings_in_normal_training():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bpgpu.MLP([2, 4, 2], init="large", seed=0).fit(X, y, epochs=3)
+
+
+def test_without_train_metrics_history_has_none_and_divergence_is_still_caught():
+    X, y = bpgpu.datasets.moons(200, 0.2, seed=0)
+    net = bpgpu.MLP([2, 8, 2], activation="tanh", seed=0)
+    h = net.fit(X, y, epochs=3, train_metrics=False, validation_data=(X, y))
+    assert h.loss == [None] * 3 and h.accuracy == [None] * 3 and len(h.val_loss) == 3
+    assert "loss" not in h.epoch_line().replace("val_loss", "")
+    net = bpgpu.MLP([2, 16, 2], activation="relu", init="large", seed=0)
+    with pytest.warns(TrainingDiverged, match="parameters"):
+        h = net.fit(X, y, epochs=50, batch_size=20, lr=1e4, train_metrics=False)
+    assert h.diverged
+
+
+def test_all_finite_op(backend_name):
+    be = bpgpu.get_backend(backend_name)
+    assert be.all_finite(be.asarray(np.ones(5)))
+    assert not be.all_finite(be.asarray(np.array([1.0, np.inf])))
+    assert not be.all_finite(be.asarray(np.array([np.nan, 1.0])))
