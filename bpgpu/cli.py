@@ -184,6 +184,98 @@ def cmd_gradcheck(args):
     return 0 if ok else 1
 
 
+# ---------------------------------------------------------------------------------------- bench
+#: The time-to-accuracy recipe: the fastest found on the 2-core CPU (bench/NOTES.md).
+TTA_RECIPE = dict(sizes=[784, 256, 10], activation="relu", init="he", optimizer="momentum",
+                  lr=0.05, momentum=0.9, batch=128)
+QUICK = dict(batch_sizes="64,1024", sizes="784-100-10", epochs=2)
+
+
+def _sizes_list(text):
+    try:
+        return [[int(v) for v in item.split("-")] for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--sizes takes layer sizes like 784-100-10,784-1024-10, got {text!r}")
+
+
+def cmd_bench(args):
+    from .backends import available_backends
+    from .bench import report
+    from .bench.runner import run_matrix, time_to_accuracy
+    from .bench.torch_ref import torch_status
+    from .datasets import mnist
+    from .sysinfo import machine_record
+    for path, what in ((args.json, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot")):
+        _writable(path, what)
+    if args.plot or args.update_readme:
+        from ._compat import optional_import
+        if optional_import("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'bpgpu[plot]'")
+    if args.quick:
+        args.batch_sizes = args.batch_sizes or QUICK["batch_sizes"]
+        args.sizes = args.sizes or QUICK["sizes"]
+        args.epochs = args.epochs or QUICK["epochs"]
+    usable = [b.name for b in available_backends() if b.available]
+    backends = args.backends.split(",") if args.backends else usable
+    for b in backends:
+        if b not in usable:
+            from .backends import get_backend
+            get_backend(b)  # raises BackendUnavailable with the reason
+    batches = _csv_ints(args.batch_sizes or "10,64,256,1024,8192")
+    sizes = _sizes_list(args.sizes or "784-100-10,784-1024-10,784-512-512-10")
+    vs_torch = args.vs == "torch"
+    torch_mod, torch_why = torch_status()
+    if vs_torch and torch_mod is None:
+        print(f"note: {torch_why}; the table has no PyTorch column", file=sys.stderr)
+        vs_torch = False
+    (X, y), (Xt, yt) = mnist()
+    X, y = X[:args.samples], y[:args.samples]
+    machine = machine_record()
+
+    def show(row):
+        if not args.quiet:
+            ratio = f"  {row['vs_torch']:.2f}x torch" if row.get("vs_torch") else ""
+            print(f"  {row['backend']:<6} {row['sizes']:<16} batch {row['batch']:<5} "
+                  f"{row['samples_per_s'] / 1e3:8.1f}k samples/s{ratio}", file=sys.stderr,
+                  flush=True)
+
+    rows = run_matrix(backends, sizes, batches, args.dtype, X, y, repeats=args.epochs,
+                      vs_torch=vs_torch, progress=show)
+    tta = []
+    if args.time_to_accuracy:
+        for b in backends:
+            tta.append(time_to_accuracy(b, TTA_RECIPE, X, y, Xt, yt))
+            if vs_torch:
+                tta.append(time_to_accuracy(b, TTA_RECIPE, X, y, Xt, yt, torch=True))
+    table = report.markdown_table(rows)
+    print(table)
+    extra = ""
+    if tta:
+        extra = ("\n\nTime to 98.0 % MNIST test accuracy (recipe "
+                 f"{json.dumps(TTA_RECIPE)}, data in memory, evaluation after every epoch "
+                 "included):\n\n| backend | seconds | epochs | test accuracy |\n|---|---|---|---|\n"
+                 + "\n".join(f"| {t['backend']} | {t['seconds']:.2f} | {t['epochs']} | "
+                             f"{t['accuracy']:.4f}{'' if t['reached'] else ' (not reached)'} |"
+                             for t in tta))
+        print(extra)
+    if not vs_torch:
+        print(f"(no PyTorch comparison: {torch_why if torch_mod is None else 'use --vs torch'})")
+    payload = {"machine": machine, "rows": rows, "time_to_accuracy": tta,
+               "method": {"repeats": args.epochs, "samples": int(X.shape[0]),
+                          "warmup_epochs": 1, "train_metrics": False, "dtype": args.dtype}}
+    if args.json:
+        report.write_json(args.json, payload)
+    if args.markdown:
+        report.write_markdown(args.markdown, rows, machine, extra)
+    if args.plot:
+        report.plot_rows(rows, args.plot)
+    if args.update_readme:
+        if not (args.markdown and args.plot):
+            raise UsageError("--update-readme needs --markdown and --plot (the README links them)")
+        report.update_readme(args.update_readme, args.markdown, args.plot, rows, machine)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- parser
 def _add_model_args(p, defaults):
     p.add_argument("--hidden", default=defaults["hidden"],
@@ -238,6 +330,28 @@ def build_parser():
     p.add_argument("--target", default=None)
     p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="throughput of every backend vs PyTorch and the GEMM ceiling")
+    p.add_argument("--backends", default=None, help="comma-separated (default: every available)")
+    p.add_argument("--batch-sizes", default=None, help="default 10,64,256,1024,8192")
+    p.add_argument("--sizes", default=None,
+                   help="layer sizes, comma-separated (default 784-100-10,784-1024-10,784-512-512-10)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--epochs", type=int, default=None, help="timed epochs per row (default 3)")
+    p.add_argument("--samples", type=int, default=60000, help="training samples per epoch")
+    p.add_argument("--quick", action="store_true",
+                   help="batch 64 and 1024 on 784-100-10, 2 epochs: under a minute on 2 cores")
+    p.add_argument("--vs", choices=["torch"], default=None,
+                   help="measure PyTorch eager on identical work in the same run")
+    p.add_argument("--time-to-accuracy", action="store_true",
+                   help="also time each backend (and torch) to 98.0 %% MNIST test accuracy")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--plot", metavar="PATH.png")
+    p.add_argument("--update-readme", metavar="README.md",
+                   help="replace the README's benchmark section with this run's table and chart")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("gradcheck", help="back-propagation vs finite differences, per layer")
     _add_model_args(p, dict(hidden="30", activation="sigmoid", output="softmax", loss="ce",

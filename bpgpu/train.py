@@ -126,8 +126,8 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         parameters.
     progress : bool
         Show a progress bar (tqdm, when installed) and print a line per epoch to stderr.
-    on_epoch : callable(History), optional
-        Called after each epoch.
+    on_epoch : callable(History) -> bool, optional
+        Called after each epoch; returning True stops training there ("stopped by callback").
 
     Returns
     -------
@@ -226,8 +226,9 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
             be.copy(model._params, last_good)
             if progress:
                 print(history.epoch_line(), file=sys.stderr, flush=True)
-            if on_epoch is not None:
-                on_epoch(history)
+            if on_epoch is not None and on_epoch(history):
+                history.stop_reason = f"stopped by callback after epoch {epoch}"
+                break
             if patience:
                 vl = history.val_loss[-1]
                 if vl < best_val:

@@ -1,0 +1,107 @@
+"""Benchmark output: a Markdown table, a JSON record with the machine, a chart, and the README block.
+
+Output files are written atomically, like every file bpgpu writes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..io import atomic_write
+
+__all__ = ["markdown_table", "machine_lines", "write_json", "write_markdown", "plot_rows",
+           "update_readme", "README_MARKER"]
+
+README_MARKER = "<!-- bench-table -->"
+
+
+def _fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def markdown_table(rows) -> str:
+    """One line per row: throughput with its spread, per-step cost, GEMM efficiency, vs torch."""
+    head = ("| backend | sizes | batch | dtype | samples/s (median, min–max) | µs/step | GFLOP/s "
+            "| % of GEMM ceiling | GEMM share of time | torch samples/s | vs torch |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        spread = f"{r['samples_per_s_min'] / 1e3:.0f}–{r['samples_per_s_max'] / 1e3:.0f}k"
+        frac = r.get("fraction_of_ceiling")
+        gemm = r.get("gemm_time_fraction")
+        torch = r.get("torch_samples_per_s")
+        ratio = r.get("vs_torch")
+        lines.append(
+            f"| {r['backend']} | {r['sizes']} | {r['batch']} | {r['dtype']} "
+            f"| {r['samples_per_s'] / 1e3:.1f}k ({spread}) | {r['us_per_step']:.0f} "
+            f"| {r['gflops']:.1f} | {_fmt(frac and 100 * frac, '.0f')} "
+            f"| {_fmt(gemm and 100 * gemm, '.0f')}{'' if gemm is None else ' %'} "
+            f"| {_fmt(torch and torch / 1e3, '.1f')}{'' if torch is None else 'k'} "
+            f"| {_fmt(ratio, '.2f')}{'' if ratio is None else '×'} |")
+    return "\n".join(lines)
+
+
+def machine_lines(machine) -> str:
+    """A short Markdown description of the machine record."""
+    v = machine["versions"]
+    blas = ", ".join(f"{b['api']} {b['version']} ({b['threads']} threads)" for b in machine["blas"])
+    gpus = "; ".join(g.get("name", "?") + (f", driver {g['driver']}, CUDA {g['cuda_runtime']}"
+                                           if "cuda_runtime" in g else "")
+                     for g in machine["gpus"]) or "none"
+    libs = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    return (f"- date: {machine['date']}\n- CPU: {machine['cpu']}, {machine['cores']} cores\n"
+            f"- BLAS: {blas or 'unknown'}\n- GPU: {gpus}\n- libraries: {libs}")
+
+
+def write_json(path, payload):
+    atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2, default=str).encode()))
+
+
+def write_markdown(path, rows, machine, extra=""):
+    text = f"# bpgpu benchmark\n\n{machine_lines(machine)}\n\n{markdown_table(rows)}\n{extra}"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def plot_rows(rows, path):
+    """samples/s by batch size: one panel per layer sizes, one line per backend and PyTorch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = sorted({r["sizes"] for r in rows}, key=lambda s: [int(x) for x in s.split("-")])
+    fig, axes = plt.subplots(1, len(archs), figsize=(5.5 * len(archs), 4.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        sub = [r for r in rows if r["sizes"] == arch]
+        for backend in sorted({r["backend"] for r in sub}):
+            pts = sorted((r["batch"], r["samples_per_s"]) for r in sub if r["backend"] == backend)
+            ax.plot(*zip(*pts), marker="o", label=f"bpgpu {backend}")
+        for device in sorted({r.get("torch_device") for r in sub if r.get("torch_samples_per_s")}):
+            pts = {}
+            for r in sub:
+                if r.get("torch_samples_per_s") and r.get("torch_device") == device:
+                    pts[r["batch"]] = r["torch_samples_per_s"]
+            ax.plot(*zip(*sorted(pts.items())), marker="s", linestyle="--",
+                    label=f"PyTorch eager ({device})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("training samples / s")
+        ax.set_title(f"{arch}, {sub[0]['dtype']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def update_readme(readme, markdown_path, plot_path, rows, machine):
+    """Replace everything after the README's bench marker with the latest table and chart."""
+    with open(readme) as f:
+        text = f.read()
+    if README_MARKER not in text:
+        raise ValueError(f"{readme} has no {README_MARKER} line")
+    head = text.split(README_MARKER)[0]
+    block = (f"{README_MARKER}\nLatest run (`bpgpu bench --quick --vs torch --update-readme`), "
+             f"float32, one MNIST epoch per repeat, training metrics off on both sides:\n\n"
+             f"{machine_lines(machine)}\n\n{markdown_table(rows)}\n\n"
+             f"Full tables: [{markdown_path}]({markdown_path})\n\n![samples/s]({plot_path})\n")
+    atomic_write(readme, lambda f: f.write((head + block).encode()))

@@ -1,0 +1,223 @@
+"""Run benchmark cases: samples/s, µs per step, GFLOP/s against the measured GEMM ceiling, the
+GEMM/other time split, steady-state allocations, and the ratio against PyTorch on identical work.
+
+Method (bench/NOTES.md): one warm-up epoch (numba compile, CUDA kernel compile, context creation,
+BLAS thread start), then ``repeats`` timed epochs; each epoch's time ends with a device
+synchronisation. The split and allocation figures come from one extra, instrumented epoch so the
+timers never perturb the headline numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends import get_backend
+from ..mlp import MLP
+from .torch_ref import TorchTrainer, torch_status
+from .workload import gemm_flops, step_bytes, step_flops
+
+__all__ = ["BenchCase", "run_case", "run_matrix", "gemm_ceiling", "time_to_accuracy"]
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One configuration: backend, layer sizes, batch size, dtype."""
+    backend: str
+    sizes: tuple
+    batch: int
+    dtype: str = "float32"
+
+    @property
+    def arch(self) -> str:
+        return "-".join(map(str, self.sizes))
+
+
+def gemm_ceiling(backend_name, dtype="float32", n=2048, repeats=5) -> float:
+    """Measured GFLOP/s of a large square GEMM on the backend's device, all threads it would use
+    for a large batch (the ceiling the training step is compared with)."""
+    be = get_backend(backend_name)
+    rng = np.random.default_rng(0)
+    a = be.asarray(rng.standard_normal((n, n)), dtype=dtype)
+    b = be.asarray(rng.standard_normal((n, n)), dtype=dtype)
+    out = be.empty((n, n), np.dtype(dtype))
+    times = []
+    with be.compute_threads(1 << 30):
+        for i in range(repeats + 1):
+            be.synchronize()
+            t0 = time.perf_counter()
+            be.gemm(a, b, out)
+            be.synchronize()
+            if i:
+                times.append(time.perf_counter() - t0)
+    return gemm_flops(n, n, n) / np.median(times) / 1e9
+
+
+def _instrumented_epoch(net, X, y, batch):
+    """One epoch with the backend's gemm timed (CPU backends only) and allocations traced."""
+    be = net.backend
+    gemm_time = [0.0]
+    original = be.gemm
+    sync = be.name == "cupy"
+
+    def timed_gemm(*args, **kwargs):
+        if sync:
+            be.synchronize()
+        t0 = time.perf_counter()
+        r = original(*args, **kwargs)
+        if sync:
+            be.synchronize()
+        gemm_time[0] += time.perf_counter() - t0
+        return r
+
+    be.gemm = timed_gemm
+    try:
+        net.fit(X, y, epochs=1, batch_size=batch, lr=0.1, train_metrics=False)  # workspaces exist
+        gemm_time[0] = 0.0
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        net.fit(X, y, epochs=1, batch_size=batch, lr=0.1, train_metrics=False)
+        total = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        del be.gemm
+    return gemm_time[0] / total, peak
+
+
+def _resident_bytes(net):
+    """Bytes the model keeps on its device: parameters, gradients, workspaces."""
+    total = net._params.nbytes + net._grads.nbytes
+    for ws in net._workspaces.values():
+        for arr in ws.a + ws.d[1:] + [ws.y] + list(ws.mask.values()):
+            total += arr.nbytes
+    return total
+
+
+def _threads(be, batch):
+    info = {}
+    threads_for = getattr(be, "threads_for", None)
+    if threads_for is not None:
+        info["blas_threads"] = threads_for(batch)
+    numba_threads = getattr(be, "numba_threads_for", None)
+    if numba_threads is not None:
+        info["numba_threads"] = numba_threads(batch)
+    return info
+
+
+def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True):
+    """Measure one case; return a JSON-ready row (see the module docstring for the method).
+
+    With ``vs_torch`` the two sides alternate epoch by epoch (ours, torch, ours, torch, ...), and
+    the ratio is the median of the per-pair ratios: slow drift of the machine cancels out.
+    """
+    net = MLP(case.sizes, dtype=case.dtype, backend=case.backend, seed=0)
+    n = X.shape[0]
+    steps = -(-n // case.batch)
+    trainer, torch_why = None, None
+    if vs_torch:
+        torch, torch_why = torch_status()
+        if torch is not None:
+            fresh = MLP(case.sizes, dtype=case.dtype, backend="numpy", seed=0)
+            trainer = TorchTrainer(fresh, device="cuda" if case.backend == "cupy" else "cpu")
+            trainer.fit(X, y, epochs=1, batch_size=case.batch)                  # warm-up
+    net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
+                            train_metrics=False).time[0])
+        if trainer is not None:
+            theirs.append(trainer.fit(X, y, epochs=1, batch_size=case.batch)[0])
+    times = np.array(ours)
+    sps = n / times
+    flops = step_flops(case.sizes, case.batch) * (n // case.batch) + \
+        step_flops(case.sizes, n % case.batch)
+    row = {
+        "backend": case.backend, "sizes": case.arch, "batch": case.batch, "dtype": case.dtype,
+        "samples": n, "repeats": repeats,
+        "samples_per_s": float(np.median(sps)), "samples_per_s_min": float(sps.min()),
+        "samples_per_s_max": float(sps.max()),
+        "us_per_step": float(np.median(times) / steps * 1e6),
+        "gflops": float(flops / np.median(times) / 1e9),
+        "step_flops": step_flops(case.sizes, case.batch),
+        "step_bytes": step_bytes(case.sizes, case.batch, np.dtype(case.dtype).itemsize),
+        **_threads(net.backend, case.batch),
+    }
+    if ceiling:
+        row["gemm_ceiling_gflops"] = ceiling
+        row["fraction_of_ceiling"] = row["gflops"] / ceiling
+    if split:
+        gemm_share, peak = _instrumented_epoch(net, X, y, case.batch)
+        row["gemm_time_fraction"] = gemm_share
+        row["host_alloc_peak_bytes_per_epoch"] = int(peak)
+    row["resident_bytes"] = _resident_bytes(net)
+    if net.backend.name == "cupy":
+        import cupy
+        row["device_pool_bytes"] = int(cupy.get_default_memory_pool().total_bytes())
+    if trainer is not None:
+        tsps = n / np.array(theirs)
+        row.update({"torch_samples_per_s": float(np.median(tsps)),
+                    "torch_samples_per_s_min": float(tsps.min()),
+                    "torch_samples_per_s_max": float(tsps.max()),
+                    "torch_threads": trainer.torch.get_num_threads(),
+                    "torch_device": trainer.device.type,
+                    "vs_torch": float(np.median(np.array(theirs) / times))})
+    elif vs_torch:
+        row["torch_missing"] = torch_why
+    return row
+
+
+def run_matrix(backends, sizes_list, batches, dtype, X, y, repeats=3, vs_torch=False,
+               progress=None):
+    """Every backend × sizes × batch; ceilings measured once per (device, dtype) in the run."""
+    ceilings, rows = {}, []
+    for backend in backends:
+        device = "gpu" if backend == "cupy" else "cpu"
+        if (device, dtype) not in ceilings:
+            ceilings[(device, dtype)] = gemm_ceiling(backend, dtype)
+        for sizes in sizes_list:
+            for batch in batches:
+                case = BenchCase(backend, tuple(sizes), batch, dtype)
+                row = run_case(case, X, y, repeats, vs_torch, ceilings[(device, dtype)])
+                rows.append(row)
+                if progress:
+                    progress(row)
+    return rows
+
+
+def time_to_accuracy(backend, recipe, X, y, Xt, yt, target=0.98, max_epochs=30, torch=False):
+    """Wall seconds from data in memory to ``target`` test accuracy (evaluated after each epoch,
+    evaluation included). ``recipe``: sizes, activation, init, optimizer, lr, momentum, batch."""
+    net = MLP(recipe["sizes"], activation=recipe["activation"], init=recipe["init"],
+              backend=backend if not torch else "numpy", seed=recipe.get("seed", 0))
+    if torch:
+        trainer = TorchTrainer(net, device="cuda" if backend == "cupy" else "cpu")
+        t0 = time.perf_counter()
+        for epoch in range(1, max_epochs + 1):
+            trainer.fit(X, y, epochs=1, batch_size=recipe["batch"], lr=recipe["lr"],
+                        momentum=recipe.get("momentum", 0.0))
+            acc = trainer.evaluate(Xt, yt)
+            if acc >= target:
+                break
+        return {"backend": f"torch-{'cuda' if backend == 'cupy' else 'cpu'}", "epochs": epoch,
+                "accuracy": acc, "seconds": time.perf_counter() - t0, "reached": acc >= target}
+    # warm-up (compile kernels, create contexts) on a tiny slice, then start the clock
+    warm = MLP(recipe["sizes"], activation=recipe["activation"], backend=backend, seed=1)
+    warm.fit(X[:recipe["batch"] * 4], y[:recipe["batch"] * 4], epochs=1,
+             batch_size=recipe["batch"], optimizer=recipe["optimizer"], lr=recipe["lr"])
+    state = {}
+
+    def reached(history):
+        state["acc"] = net.evaluate(Xt, yt)["accuracy"]
+        return state["acc"] >= target
+
+    t0 = time.perf_counter()
+    hist = net.fit(X, y, epochs=max_epochs, batch_size=recipe["batch"],
+                   optimizer=recipe["optimizer"], lr=recipe["lr"],
+                   momentum=recipe.get("momentum", 0.9), train_metrics=False, on_epoch=reached)
+    seconds = time.perf_counter() - t0
+    return {"backend": backend, "epochs": len(hist.epoch), "accuracy": state.get("acc"),
+            "seconds": seconds, "reached": state.get("acc", 0) >= target}
