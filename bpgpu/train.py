@@ -202,11 +202,12 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
                 bar.close()
             loss_sum, correct = be.to_host(acc)       # the epoch's one read from the device
             loss = float(loss_sum) / n if train_metrics else None
-            finite = math.isfinite(loss) if train_metrics else be.all_finite(model._params)
+            finite = (not train_metrics or math.isfinite(loss)) and be.all_finite(model._params)
             if not finite:
                 be.copy(last_good, model._params)
                 history.diverged = True
-                what = f"training loss became {loss}" if train_metrics else "parameters became NaN/inf"
+                what = (f"training loss became {loss}" if train_metrics and not math.isfinite(loss)
+                        else "parameters became NaN/inf")
                 history.stop_reason = (f"diverged: {what} in epoch {epoch} "
                                        f"(lower the learning rate); kept the weights of epoch "
                                        f"{epoch - 1}")

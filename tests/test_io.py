@@ -10,6 +10,8 @@ import pytest
 import bpgpu
 from bpgpu import io as bio
 
+from .conftest import TOL
+
 
 def test_round_trip_every_backend(backend_name, dtype, tmp_path):
     net = bpgpu.MLP([6, 5, 4, 3], activation=["tanh", "relu"], output="softmax", dtype=dtype,
@@ -23,7 +25,10 @@ def test_round_trip_every_backend(backend_name, dtype, tmp_path):
                         net.get_params()[0] + net.get_params()[1]):
             np.testing.assert_array_equal(a, b)
         X = np.random.default_rng(0).normal(size=(4, 6))
-        np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
+        if target == backend_name:   # same kernels: same bits; across backends: same to rounding
+            np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
+        else:
+            np.testing.assert_allclose(back.predict_proba(X), net.predict_proba(X), **TOL[dtype])
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".bpgpu-")]
 
 

@@ -61,9 +61,9 @@ def test_validation_split_holds_out_data():
     assert len(h.val_loss) == 2
 
 
-def test_divergence_stops_and_keeps_last_good_weights():
+def test_divergence_stops_and_keeps_last_good_weights(backend_name):
     X, y = bpgpu.datasets.moons(200, 0.2, seed=0)
-    net = bpgpu.MLP([2, 16, 2], activation="relu", init="large", seed=0)
+    net = bpgpu.MLP([2, 16, 2], activation="relu", init="large", seed=0, backend=backend_name)
     kept = {}
     with pytest.warns(TrainingDiverged, match="diverged"):
         h = net.fit(X, y, epochs=50, batch_size=20, lr=1e4, optimizer="sgd",
@@ -194,13 +194,13 @@ def test_no_warnings_in_normal_training():
         bpgpu.MLP([2, 4, 2], init="large", seed=0).fit(X, y, epochs=3)
 
 
-def test_without_train_metrics_history_has_none_and_divergence_is_still_caught():
+def test_without_train_metrics_history_has_none_and_divergence_is_still_caught(backend_name):
     X, y = bpgpu.datasets.moons(200, 0.2, seed=0)
-    net = bpgpu.MLP([2, 8, 2], activation="tanh", seed=0)
+    net = bpgpu.MLP([2, 8, 2], activation="tanh", seed=0, backend=backend_name)
     h = net.fit(X, y, epochs=3, train_metrics=False, validation_data=(X, y))
     assert h.loss == [None] * 3 and h.accuracy == [None] * 3 and len(h.val_loss) == 3
     assert "loss" not in h.epoch_line().replace("val_loss", "")
-    net = bpgpu.MLP([2, 16, 2], activation="relu", init="large", seed=0)
+    net = bpgpu.MLP([2, 16, 2], activation="relu", init="large", seed=0, backend=backend_name)
     with pytest.warns(TrainingDiverged, match="parameters"):
         h = net.fit(X, y, epochs=50, batch_size=20, lr=1e4, train_metrics=False)
     assert h.diverged

@@ -37,6 +37,7 @@ def _module_probe(status):
 #: without importing the backend's module, so listing backends never imports numba or cupy.
 REGISTRY = {
     "numpy": (".numpy_backend:NumpyBackend", _numpy_probe),
+    "numba": (".numba_backend:NumbaBackend", _module_probe(_compat.numba_status)),
     "cupy": (".cupy_backend:CupyBackend", _module_probe(_compat.cupy_status)),
 }
 _AUTO_ORDER = ("cupy", "numba", "numpy")
