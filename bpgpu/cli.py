@@ -76,6 +76,9 @@ def cmd_info(args):
     for b in rec["backends"]:
         mark = "yes" if b["available"] else "no "
         print(f"  {b['name']:<6} {mark}  {b['reason']}")
+    if any(b["name"] == "numba" and b["available"] for b in rec["backends"]):
+        from .backends.numba_backend import cache_status
+        print(f"numba kernels: {cache_status()}")
     print(f"auto: {rec['auto_reason']}")
     if rec["gpus"]:
         for g in rec["gpus"]:
@@ -182,6 +185,18 @@ def cmd_gradcheck(args):
     ok = worst < args.tol
     print(f"max relative error {worst:.3e} ({'OK' if ok else 'FAILED'}: tolerance {args.tol:g})")
     return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------- warmup
+def cmd_warmup(args):
+    from .backends import get_backend
+    be = get_backend("numba")
+    res = be.warmup()
+    state = ("all loaded from the cache" if res["compiled"] == 0 else
+             f"{res['compiled']} compiled now, {res['cache_hits']} from the cache")
+    print(f"numba kernels ready in {res['seconds']:.1f} s ({res['kernels']} kernels; {state}); "
+          f"{be.describe()}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- bench
@@ -330,6 +345,9 @@ def build_parser():
     p.add_argument("--target", default=None)
     p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("warmup", help="compile the numba kernels now (cached on disk)")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("bench", help="throughput of every backend vs PyTorch and the GEMM ceiling")
     p.add_argument("--backends", default=None, help="comma-separated (default: every available)")

@@ -10,6 +10,7 @@ to the numpy implementation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -22,13 +23,35 @@ __all__ = ["NumbaBackend", "PARALLEL_MIN"]
 
 #: Arrays with at least this many elements use the parallel kernels (when threads > 1).
 PARALLEL_MIN = 1 << 16
+#: On machines with at most this many cores the kernels always run serially (measured).
+SERIAL_MAX_CORES = 2
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _EXP_LIMIT = {np.dtype(np.float32): np.float32(88.0), np.dtype(np.float64): np.float64(708.0)}
+# the clip of probabilities before log (as the base class's loss_sum), per dtype
+_LOG_CLIP = {np.dtype(t): (t(np.finfo(t).tiny), t(1 - np.finfo(t).epsneg))
+             for t in (np.float32, np.float64)}
 
 
 def _ok(*arrays):
     """True when the kernels can take these arrays (float32/64 and C-contiguous)."""
     return all(a.dtype in _FLOATS and a.flags.c_contiguous for a in arrays)
+
+
+def cache_status() -> str:
+    """Whether compiled kernels are on disk (Numba's cache next to kernels/cpu.py, or
+    $NUMBA_CACHE_DIR), without importing numba."""
+    import glob
+    from importlib import resources
+    roots = [os.environ.get("NUMBA_CACHE_DIR", "")]
+    try:
+        roots.append(os.path.join(str(resources.files("bpgpu.kernels")), "__pycache__"))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    found = [f for r in roots if r for f in glob.glob(os.path.join(r, "**", "cpu.*.nbi"),
+                                                          recursive=True)]
+    if not found:
+        return "kernels not compiled yet: the first run compiles them (~8 s), or run bpgpu warmup"
+    return f"{len(found)} compiled kernels cached on disk"
 
 
 class NumbaBackend(NumpyBackend):
@@ -48,16 +71,69 @@ class NumbaBackend(NumpyBackend):
         self._loss = cpu.LOSS_CODES
 
     def describe(self) -> str:
-        return (f"numba {self._numba.__version__} ({self._numba.threading_layer_name()} "
-                f"threading, {self._numba.get_num_threads()} threads)" if hasattr(
-                    self._numba, "threading_layer_name") else f"numba {self._numba.__version__}")
+        cores = os.cpu_count() or 1
+        mode = ("serial kernels" if cores <= SERIAL_MAX_CORES
+                else f"parallel kernels above batch {SINGLE_THREAD_MAX_BATCH}")
+        return f"numba {self._numba.__version__} ({mode} on {cores} cores; {cache_status()})"
+
+    # ------------------------------------------------------------------ compilation
+    def warmup(self, dtypes=("float32", "float64")) -> dict:
+        """Compile (or load from Numba's on-disk cache) every kernel the model uses.
+
+        Returns
+        -------
+        dict
+            ``seconds`` (wall time), ``kernels`` (how many dispatchers), ``cache_hits`` and
+            ``compiled`` (signatures loaded from the cache vs compiled now).
+        """
+        import time
+        t0 = time.perf_counter()
+        model_mod = __import__("bpgpu.mlp", fromlist=["MLP"])
+        rng = np.random.default_rng(0)
+        X = rng.integers(0, 256, (8, 6), dtype=np.uint8)
+        y = rng.integers(0, 3, 8)
+        for dtype in dtypes:
+            for act, out, loss in (("sigmoid", "softmax", "ce"), ("tanh", "sigmoid", "bce"),
+                                   ("relu", "identity", "mse")):
+                net = model_mod.MLP([6, 5, 3], activation=act, output=out, loss=loss,
+                                    dtype=dtype, backend=self, seed=0)
+                targets = y if loss == "ce" else rng.uniform(0.1, 0.9, (8, 3))
+                for opt in ("sgd", "momentum", "nesterov", "adam"):
+                    net.fit(X, targets, epochs=1, batch_size=4, optimizer=opt, lr=0.01,
+                            dropout=0.1)
+                net.evaluate(X, targets)
+        hits = compiled = 0
+        for pair in self._k.values():
+            for dispatcher in set(pair):
+                hits += sum(dispatcher.stats.cache_hits.values())
+                compiled += sum(dispatcher.stats.cache_misses.values())
+        return {"seconds": time.perf_counter() - t0, "kernels": len(self._k),
+                "cache_hits": hits, "compiled": compiled}
 
     # ------------------------------------------------------------------ threading
     def numba_threads_for(self, batch_size: int) -> int:
-        """Numba threads used at this batch size (1: the serial kernels)."""
-        if batch_size <= SINGLE_THREAD_MAX_BATCH:
+        """Numba threads used at this batch size (1: the serial kernels).
+
+        Measured on 2 cores (bench/NOTES.md): serial kernels were as fast as parallel ones at
+        every batch size, and a thread pool spinning beside BLAS slowed GEMMs 5x at batch 1024,
+        so with <= SERIAL_MAX_CORES cores every kernel runs serially.
+        """
+        if batch_size <= SINGLE_THREAD_MAX_BATCH or (os.cpu_count() or 1) <= SERIAL_MAX_CORES:
             return 1
         return self._numba.get_num_threads()
+
+    @contextlib.contextmanager
+    def compute_threads(self, batch_size: int):
+        """BLAS threads as numpy's backend, and the kernels' threading for this batch size: at
+        small batches every kernel runs serially (no thread pool is woken at all: on two cores
+        a spinning pool slows the main thread and BLAS more than it helps)."""
+        previous = self._parallel_ok
+        self._parallel_ok = self.numba_threads_for(batch_size) > 1
+        try:
+            with super().compute_threads(batch_size) as n:
+                yield n
+        finally:
+            self._parallel_ok = previous
 
     def _kernel(self, name, size):
         serial, parallel = self._k[name]
@@ -65,13 +141,34 @@ class NumbaBackend(NumpyBackend):
             return parallel
         return serial
 
-    _parallel_ok = (os.cpu_count() or 1) > 1
+    _parallel_ok = (os.cpu_count() or 1) > SERIAL_MAX_CORES
 
     # ------------------------------------------------------------------ fused ops
     def bias_activation(self, z, bias, activation: str):
-        if not _ok(z, bias) or bias.dtype != z.dtype or activation not in self._act:
+        """Fused passes around numpy's SIMD exp/tanh (see kernels/cpu.py on why):
+        sigmoid = pre (bias, negate, clip) | np.exp | post (1/(1+e)); softmax = pre (bias, row
+        max shift) | np.exp | post (row normalise); tanh = bias | np.tanh; relu: one pass."""
+        if not _ok(z, bias) or bias.dtype != z.dtype:
             return super().bias_activation(z, bias, activation)
-        self._kernel("bias_activation", z.size)(z, bias, self._act[activation], _EXP_LIMIT[z.dtype])
+        k = self._kernel
+        n = z.size
+        if activation == "sigmoid":
+            k("sigmoid_pre", n)(z, bias, _EXP_LIMIT[z.dtype])
+            np.exp(z, out=z)
+            k("sigmoid_post", n)(z)
+        elif activation == "softmax":
+            k("softmax_pre", n)(z, bias, self._scratch("rowmax", (z.shape[0],), z.dtype))
+            np.exp(z, out=z)
+            k("softmax_post", n)(z)
+        elif activation == "tanh":
+            k("add_bias", n)(z, bias)
+            np.tanh(z, out=z)
+        elif activation == "relu":
+            k("add_bias_relu", n)(z, bias)
+        elif activation == "identity":
+            k("add_bias", n)(z, bias)
+        else:
+            return super().bias_activation(z, bias, activation)
         return z
 
     def activation_backward(self, delta, a, activation: str):
@@ -85,10 +182,10 @@ class NumbaBackend(NumpyBackend):
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
         if not _ok(a, y, delta) or loss not in self._loss:
             return super().output_delta(a, y, delta, output, loss, loss_acc)
-        info = np.finfo(a.dtype)
+        tiny, one_minus_eps = _LOG_CLIP[a.dtype]
         total = self._kernel("output_delta", a.size)(
-            a, y, delta, self._act[output], self._loss[loss], a.dtype.type(info.tiny),
-            a.dtype.type(1 - info.epsneg), loss_acc is not None)
+            a, y, delta, self._act[output], self._loss[loss], tiny, one_minus_eps,
+            loss_acc is not None)
         if loss_acc is not None:
             loss_acc += total
         return delta
