@@ -145,10 +145,33 @@ def cmd_train(args):
                                          "weight_decay", "dropout", "validation_split",
                                          "early_stopping")}})
     if args.plot:
-        from .plots import plot_history
+        from .plots import plot_confusion, plot_first_layer, plot_history
         plot_history(history, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
+        written = [args.plot]
+        stem = args.plot[:-4] if args.plot.lower().endswith(".png") else args.plot
+        if data.task == "classification":
+            plot_confusion(data.y_test, net.predict(data.X_test), stem + "-confusion.png")
+            written.append(stem + "-confusion.png")
+        if net.sizes[0] == 784:
+            plot_first_layer(net.get_params()[0][0], stem + "-weights.png")
+            written.append(stem + "-weights.png")
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 1 if history.diverged else 0
+
+
+# ---------------------------------------------------------------------------------------- demo
+def cmd_demo(args):
+    from . import demos
+    if args.name == "tabular":
+        from ._compat import optional_import
+        if optional_import("sklearn") is None:
+            raise UsageError("the tabular demo reads scikit-learn's bundled wine data: "
+                             "pip install scikit-learn")
+    from .backends import get_backend
+    get_backend(args.backend)  # a clear error before any work
+    os.makedirs(args.out, exist_ok=True)
+    demos.run_demo(args.name, backend=args.backend, out=args.out)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -243,8 +266,8 @@ def cmd_bench(args):
     if vs_torch and torch_mod is None:
         print(f"note: {torch_why}; the table has no PyTorch column", file=sys.stderr)
         vs_torch = False
-    (X, y), (Xt, yt) = mnist()
-    X, y = X[:args.samples], y[:args.samples]
+    (X_all, y_all), (Xt, yt) = mnist()
+    X, y = X_all[:args.samples], y_all[:args.samples]
     machine = machine_record()
 
     def show(row):
@@ -257,11 +280,13 @@ def cmd_bench(args):
     rows = run_matrix(backends, sizes, batches, args.dtype, X, y, repeats=args.epochs,
                       vs_torch=vs_torch, progress=show)
     tta = []
-    if args.time_to_accuracy:
+    if args.time_to_accuracy:   # always on the full training set, whatever --samples says
         for b in backends:
-            tta.append(time_to_accuracy(b, TTA_RECIPE, X, y, Xt, yt))
-            if vs_torch:
-                tta.append(time_to_accuracy(b, TTA_RECIPE, X, y, Xt, yt, torch=True))
+            tta.append(time_to_accuracy(b, TTA_RECIPE, X_all, y_all, Xt, yt))
+        if vs_torch:
+            for device in sorted({"cupy" if b == "cupy" else "cpu" for b in backends}):
+                tta.append(time_to_accuracy(device, TTA_RECIPE, X_all, y_all, Xt, yt,
+                                            torch=True))
     table = report.markdown_table(rows)
     print(table)
     extra = ""
@@ -345,6 +370,14 @@ def build_parser():
     p.add_argument("--target", default=None)
     p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the textbook networks: moons, xor, regression, digits, "
+                                     "costs, init, tabular")
+    p.add_argument("name", choices=["moons", "xor", "regression", "digits", "costs", "init",
+                                    "tabular"])
+    p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
+    p.add_argument("--out", default=".", help="directory for the pictures (default: here)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("warmup", help="compile the numba kernels now (cached on disk)")
     p.set_defaults(func=cmd_warmup)

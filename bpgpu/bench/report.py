@@ -103,5 +103,6 @@ def update_readme(readme, markdown_path, plot_path, rows, machine):
     block = (f"{README_MARKER}\nLatest run (`bpgpu bench --quick --vs torch --update-readme`), "
              f"float32, one MNIST epoch per repeat, training metrics off on both sides:\n\n"
              f"{machine_lines(machine)}\n\n{markdown_table(rows)}\n\n"
-             f"Full tables: [{markdown_path}]({markdown_path})\n\n![samples/s]({plot_path})\n")
+             f"This run: [{markdown_path}]({markdown_path}); the full matrix: "
+             f"[bench/results/cpu-full.md](bench/results/cpu-full.md)\n\n![samples/s]({plot_path})\n")
     atomic_write(readme, lambda f: f.write((head + block).encode()))
