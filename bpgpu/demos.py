@@ -74,7 +74,8 @@ def moons(backend="auto", out=".", n=200, noise=0.2, epochs=1000, seed=0, verbos
     if plt is None:
         _no_plot(verbose)
     else:
-        xx, yy = np.meshgrid(np.linspace(-1.6, 2.6, 300), np.linspace(-1.1, 1.6, 240))
+        lo, hi = X.min(axis=0) - 0.3, X.max(axis=0) + 0.3
+        xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 240))
         p = net.predict_proba(np.column_stack([xx.ravel(), yy.ravel()]))[:, 1].reshape(xx.shape)
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         ax.contourf(xx, yy, p, levels=20, cmap="RdBu_r", alpha=0.6)
@@ -158,8 +159,9 @@ def digits(backend="auto", out=".", train_samples=None, epochs=1, seed=0, verbos
         _no_plot(verbose)
     else:
         fig, axes = plt.subplots(6, 10, figsize=(10, 6.8))
-        wrong = np.flatnonzero(pred != yt)
-        show = np.concatenate([np.arange(60 - min(20, len(wrong))), wrong[:20]])
+        wrong = np.flatnonzero(pred != yt)[:20]
+        right = np.flatnonzero(pred == yt)[:60 - len(wrong)]
+        show = np.concatenate([right, wrong])     # correct ones first, then the mistakes
         for ax, i in zip(axes.ravel(), show):
             ax.imshow(Xt[i].reshape(28, 28), cmap="gray_r")
             bad = pred[i] != yt[i]

@@ -144,6 +144,7 @@ class BPClassifier(ClassifierMixin, _BPEstimator):
         return self._model().predict_proba(self._X(X, reset=False)).astype(np.float64)
 
     def predict(self, X):
+        check_is_fitted(self, "coefs_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
@@ -152,6 +153,11 @@ class BPRegressor(RegressorMixin, _BPEstimator):
 
     _output = "identity"
     _loss = "mse"
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True     # y may be (n_samples, n_targets)
+        return tags
 
     def fit(self, X, y):
         """Train from scratch for ``max_iter`` epochs."""
