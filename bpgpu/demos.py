@@ -52,9 +52,16 @@ def _say(verbose, *lines):
             print(line)
 
 
-def _no_plot(verbose):
-    _say(verbose, "no picture: matplotlib is not installed (pip install 'bpgpu[plot]')")
-    return None
+def _picture(verbose, out, name, draw):
+    """Draw with ``draw(plt) -> figure`` and save ``out/name``; without matplotlib, say how to get
+    it and return None (the demo's figures are still printed and returned)."""
+    plt = _plt()
+    if plt is None:
+        _say(verbose, "no picture: matplotlib is not installed (pip install 'bpgpu[plot]')")
+        return None
+    path = _save(draw(plt), out, name, plt)
+    _say(verbose, f"wrote {path}")
+    return path
 
 
 def moons(backend="auto", out=".", n=200, noise=0.2, epochs=1000, seed=0, verbose=True):
@@ -69,11 +76,7 @@ def moons(backend="auto", out=".", n=200, noise=0.2, epochs=1000, seed=0, verbos
     _say(verbose, f"moons: {n} points, noise {noise}; 2-8-2 tanh/softmax, weight decay 1e-4, "
                   f"Adam, {epochs} epochs on {net.backend.name}",
          f"accuracy: training {train_acc:.3f}, fresh test points {test_acc:.3f}")
-    plt = _plt()
-    path = None
-    if plt is None:
-        _no_plot(verbose)
-    else:
+    def draw(plt):
         lo, hi = X.min(axis=0) - 0.3, X.max(axis=0) + 0.3
         xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 240))
         p = net.predict_proba(np.column_stack([xx.ravel(), yy.ravel()]))[:, 1].reshape(xx.shape)
@@ -82,8 +85,9 @@ def moons(backend="auto", out=".", n=200, noise=0.2, epochs=1000, seed=0, verbos
         ax.contour(xx, yy, p, levels=[0.5], colors="k", linewidths=1.5)
         ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", edgecolors="k", s=25)
         ax.set_title(f"two moons: decision boundary (training accuracy {train_acc:.3f})")
-        path = _save(fig, out, "moons.png", plt)
-        _say(verbose, f"wrote {path}")
+        return fig
+
+    path = _picture(verbose, out, "moons.png", draw)
     return {"train_accuracy": train_acc, "test_accuracy": test_acc, "picture": path}
 
 
@@ -117,19 +121,16 @@ def regression(backend="auto", out=".", n=200, epochs=400, seed=0, verbose=True)
     _say(verbose, f"regression: {n} noisy samples of sin(x) (noise sd 0.1); 1-32-1 tanh with a "
                   f"linear output, ½‖a−y‖², Adam, {epochs} epochs on {net.backend.name}",
          f"RMS error of the fit against the true sin(x): {rmse:.4f}")
-    plt = _plt()
-    path = None
-    if plt is None:
-        _no_plot(verbose)
-    else:
+    def draw(plt):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         ax.scatter(X[:, 0], Y[:, 0], s=10, alpha=0.5, label="data")
         ax.plot(grid[:, 0], np.sin(grid[:, 0]), "k--", label="truth: sin(x)")
         ax.plot(grid[:, 0], fit, "r", lw=2, label="network")
         ax.legend()
         ax.set_title(f"regression with a linear output (RMS error {rmse:.3f})")
-        path = _save(fig, out, "regression.png", plt)
-        _say(verbose, f"wrote {path}")
+        return fig
+
+    path = _picture(verbose, out, "regression.png", draw)
     return {"rmse": rmse, "picture": path}
 
 
@@ -153,11 +154,7 @@ def digits(backend="auto", out=".", train_samples=None, epochs=1, seed=0, verbos
                   f"{net.backend.name}",
          f"scorecard: {int((pred == yt).sum())} of {len(yt)} test images right = "
          f"performance {score:.4f}")
-    plt = _plt()
-    path = None
-    if plt is None:
-        _no_plot(verbose)
-    else:
+    def draw(plt):
         fig, axes = plt.subplots(6, 10, figsize=(10, 6.8))
         wrong = np.flatnonzero(pred != yt)[:20]
         right = np.flatnonzero(pred == yt)[:60 - len(wrong)]
@@ -176,8 +173,9 @@ def digits(backend="auto", out=".", train_samples=None, epochs=1, seed=0, verbos
         fig.suptitle(f"test digits: prediction (misclassified in red, with the true label); "
                      f"performance {score:.4f}")
         fig.tight_layout()
-        path = _save(fig, out, "digits.png", plt)
-        _say(verbose, f"wrote {path}")
+        return fig
+
+    path = _picture(verbose, out, "digits.png", draw)
     return {"performance": score, "picture": path}
 
 
@@ -197,11 +195,7 @@ def costs(backend="auto", out=".", epochs=300, seed=0, verbose=True):
                   f"{epochs} epochs on {net.backend.name}")
     for label, (loss, final) in curves.items():
         _say(verbose, f"  {label:18s}: loss {loss[0]:.3f} -> {loss[-1]:.4f}, output {final:.3f}")
-    plt = _plt()
-    path = None
-    if plt is None:
-        _no_plot(verbose)
-    else:
+    def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, (label, (loss, _)) in zip(axes, curves.items()):
             ax.plot(np.arange(1, len(loss) + 1), loss)
@@ -211,8 +205,9 @@ def costs(backend="auto", out=".", epochs=300, seed=0, verbose=True):
             ax.grid(alpha=0.3)
         fig.suptitle("learning slowdown of a saturated neuron")
         fig.tight_layout()
-        path = _save(fig, out, "costs.png", plt)
-        _say(verbose, f"wrote {path}")
+        return fig
+
+    path = _picture(verbose, out, "costs.png", draw)
     return {"quadratic": curves["quadratic cost"][0], "cross_entropy":
             curves["cross-entropy cost"][0], "picture": path}
 
@@ -231,11 +226,7 @@ def init(backend="auto", out=".", train_samples=10000, epochs=8, seed=0, verbose
                   f"{epochs} epochs on {net.backend.name}; validation accuracy per epoch:")
     for scheme, acc in curves.items():
         _say(verbose, f"  {scheme:7s} " + " ".join(f"{a:.3f}" for a in acc))
-    plt = _plt()
-    path = None
-    if plt is None:
-        _no_plot(verbose)
-    else:
+    def draw(plt):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         labels = {"large": "N(0, 1)", "normal": "N(0, 1/fan_in)", "xavier": "Xavier",
                   "he": "He"}
@@ -246,8 +237,9 @@ def init(backend="auto", out=".", train_samples=10000, epochs=8, seed=0, verbose
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title("weight initialisation, 784-30-10 sigmoid on MNIST")
-        path = _save(fig, out, "init.png", plt)
-        _say(verbose, f"wrote {path}")
+        return fig
+
+    path = _picture(verbose, out, "init.png", draw)
     return {"curves": curves, "picture": path}
 
 
