@@ -16,11 +16,12 @@ pytestmark = pytest.mark.skipif(not has_numba(), reason="numba is not installed"
 def test_thread_policy_is_deliberate():
     from bpgpu.backends import numba_backend as nb
     be = bpgpu.get_backend("numba")
-    assert be.threads_for(64) == 1 and be.numba_threads_for(64) == 1
-    assert be.threads_for(1024) == (os.cpu_count() or 1)
+    assert be.threads_for(16) == 1 and be.numba_threads_for(16) == 1
+    assert be.threads_for(64) == be.threads_for(1024) == (os.cpu_count() or 1)
+    assert bpgpu.get_backend("numpy").threads_for(64) == 1
     if (os.cpu_count() or 1) <= nb.SERIAL_MAX_CORES:
         assert be.numba_threads_for(8192) == 1
-    with be.compute_threads(64):
+    with be.compute_threads(16):
         assert be._kernel("add_bias", 10 ** 7) is be._k["add_bias"][0]   # serial
 
 

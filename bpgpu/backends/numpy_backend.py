@@ -37,6 +37,8 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     xp = np
+    #: at or below this batch size BLAS runs one thread (measured per backend, bench/NOTES.md)
+    single_thread_max_batch = SINGLE_THREAD_MAX_BATCH
 
     def __init__(self, blas_threads: int | str | None = "auto"):
         super().__init__()
@@ -51,7 +53,7 @@ class NumpyBackend(Backend):
         if self.blas_threads in (None, "none"):
             return None
         if self.blas_threads == "auto":
-            return 1 if batch_size <= SINGLE_THREAD_MAX_BATCH else (os.cpu_count() or 1)
+            return 1 if batch_size <= self.single_thread_max_batch else (os.cpu_count() or 1)
         return int(self.blas_threads)
 
     @contextlib.contextmanager
