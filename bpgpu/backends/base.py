@@ -30,7 +30,11 @@ OPS = (
 )
 
 # exp(-z) overflows past these; clipping -z there changes sigmoid by less than the dtype's tiny.
-_EXP_LIMIT = {np.dtype(np.float32): 88.0, np.dtype(np.float64): 708.0}
+EXP_LIMIT = {np.dtype(np.float32): np.float32(88.0), np.dtype(np.float64): np.float64(708.0)}
+# probabilities are clipped to [tiny, 1 - epsneg] before a log: never log(0). Shared by every
+# backend's loss, so all of them clip identically.
+LOG_CLIP = {np.dtype(t): (t(np.finfo(t).tiny), t(1 - np.finfo(t).epsneg))
+            for t in (np.float32, np.float64)}
 
 
 class Backend:
@@ -148,7 +152,7 @@ class Backend:
         z += bias
         if activation == "sigmoid":
             xp.negative(z, out=z)
-            xp.minimum(z, _EXP_LIMIT[z.dtype], out=z)  # no overflow warning for z < -88 / -708
+            xp.minimum(z, EXP_LIMIT[z.dtype], out=z)  # no overflow warning for z < -88 / -708
             xp.exp(z, out=z)
             z += 1
             xp.reciprocal(z, out=z)
@@ -247,18 +251,18 @@ class Backend:
         """
         xp = self.xp
         tmp = self._scratch("loss_tmp", a.shape, a.dtype)
-        info = np.finfo(a.dtype)
+        tiny, one_minus_eps = LOG_CLIP[a.dtype]
         # each sum of products is one vdot (BLAS dot), accumulated into the float64 total
         if loss == "mse":
             xp.subtract(a, y, out=tmp)
             acc += 0.5 * xp.vdot(tmp, tmp).astype(xp.float64)
         elif loss == "ce":
-            xp.maximum(a, info.tiny, out=tmp)
+            xp.maximum(a, tiny, out=tmp)
             xp.log(tmp, out=tmp)
             acc -= xp.vdot(y, tmp).astype(xp.float64)
         elif loss == "bce":
             tmp2 = self._scratch("loss_tmp2", a.shape, a.dtype)
-            xp.clip(a, info.tiny, 1 - info.epsneg, out=tmp)
+            xp.clip(a, tiny, one_minus_eps, out=tmp)
             xp.subtract(1, tmp, out=tmp2)
             xp.log(tmp, out=tmp)
             xp.log(tmp2, out=tmp2)

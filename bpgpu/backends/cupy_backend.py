@@ -22,7 +22,7 @@ import numpy as np
 
 from .._compat import cupy_status
 from ..errors import BackendUnavailable, ConfigError
-from .base import Backend
+from .base import LOG_CLIP, Backend
 
 __all__ = ["CupyBackend", "KERNEL_NAMES", "kernel_source"]
 
@@ -143,13 +143,12 @@ class CupyBackend(Backend):
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
         if not _ok(a, y, delta) or loss not in _LOSS:
             return super().output_delta(a, y, delta, output, loss, loss_acc)
-        t = a.dtype.type
-        info = np.finfo(a.dtype)
+        tiny, one_minus_eps = LOG_CLIP[a.dtype]
         acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), np.float64)
         rows, cols = a.shape
         self._launch("output_delta", a.dtype, rows,
                      (a, y, delta, np.int64(rows), np.int32(cols), np.int32(_ACT[output]),
-                      np.int32(_LOSS[loss]), t(info.tiny), t(1 - info.epsneg), acc,
+                      np.int32(_LOSS[loss]), tiny, one_minus_eps, acc,
                       np.int32(loss_acc is not None)))
         return delta
 

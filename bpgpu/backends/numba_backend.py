@@ -1,11 +1,11 @@
 """The Numba backend: numpy's ops, with the fused one-pass kernels of ``kernels/cpu.py``.
 
 GEMMs stay on BLAS (numpy's matmul). Everything between them runs as one Numba kernel per op
-instead of several numpy passes. Threading is chosen per batch size (bench/NOTES.md): at small
-batches one BLAS thread and serial kernels (on two cores, starting threads costs more than they
-save); at large batches all cores for BLAS and parallel kernels for arrays of at least
-``PARALLEL_MIN`` elements. Arrays the kernels do not cover (other dtypes, non-contiguous views) go
-to the numpy implementation.
+instead of several numpy passes. Threading, as measured (bench/NOTES.md steps 8 and 10): BLAS uses
+one thread up to batch 16 and all cores above; the kernels run serially on machines with at most
+``SERIAL_MAX_CORES`` cores (a thread pool spinning beside BLAS cost more than it saved), and in
+parallel for arrays of at least ``PARALLEL_MIN`` elements above batch 16 on bigger machines. Arrays
+the kernels do not cover (other dtypes, non-contiguous views) go to the numpy implementation.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 
 from .._compat import numba_status
 from ..errors import BackendUnavailable
+from .base import EXP_LIMIT, LOG_CLIP
 from .numpy_backend import NumpyBackend
 
 __all__ = ["NumbaBackend", "PARALLEL_MIN"]
@@ -26,10 +27,7 @@ PARALLEL_MIN = 1 << 16
 #: On machines with at most this many cores the kernels always run serially (measured).
 SERIAL_MAX_CORES = 2
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_EXP_LIMIT = {np.dtype(np.float32): np.float32(88.0), np.dtype(np.float64): np.float64(708.0)}
-# the clip of probabilities before log (as the base class's loss_sum), per dtype
-_LOG_CLIP = {np.dtype(t): (t(np.finfo(t).tiny), t(1 - np.finfo(t).epsneg))
-             for t in (np.float32, np.float64)}
+
 
 
 def _ok(*arrays):
@@ -156,7 +154,7 @@ class NumbaBackend(NumpyBackend):
         k = self._kernel
         n = z.size
         if activation == "sigmoid":
-            k("sigmoid_pre", n)(z, bias, _EXP_LIMIT[z.dtype])
+            k("sigmoid_pre", n)(z, bias, EXP_LIMIT[z.dtype])
             np.exp(z, out=z)
             k("sigmoid_post", n)(z)
         elif activation == "softmax":
@@ -185,7 +183,7 @@ class NumbaBackend(NumpyBackend):
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
         if not _ok(a, y, delta) or loss not in self._loss:
             return super().output_delta(a, y, delta, output, loss, loss_acc)
-        tiny, one_minus_eps = _LOG_CLIP[a.dtype]
+        tiny, one_minus_eps = LOG_CLIP[a.dtype]
         total = self._kernel("output_delta", a.size)(
             a, y, delta, self._act[output], self._loss[loss], tiny, one_minus_eps,
             loss_acc is not None)
