@@ -261,7 +261,17 @@ def cmd_bench(args):
             get_backend(b)  # raises BackendUnavailable with the reason
     batches = _csv_ints(args.batch_sizes or "10,64,256,1024,8192")
     sizes = _sizes_list(args.sizes or "784-100-10,784-1024-10,784-512-512-10")
-    vs_torch = args.vs == "torch"
+    from .backends import REGISTRY
+    vs = [v for v in (args.vs or "").split(",") if v]
+    unknown = [v for v in vs if v != "torch" and v not in REGISTRY]
+    if unknown or len([v for v in vs if v != "torch"]) > 1:
+        raise UsageError(f"--vs takes torch and/or one backend ({', '.join(REGISTRY)}), "
+                         f"got {args.vs!r}")
+    vs_backend = next((v for v in vs if v != "torch"), None)
+    if vs_backend and vs_backend not in usable:
+        from .backends import get_backend
+        get_backend(vs_backend)  # raises BackendUnavailable with the reason
+    vs_torch = "torch" in vs
     torch_mod, torch_why = torch_status()
     if vs_torch and torch_mod is None:
         print(f"note: {torch_why}; the table has no PyTorch column", file=sys.stderr)
@@ -273,12 +283,14 @@ def cmd_bench(args):
     def show(row):
         if not args.quiet:
             ratio = f"  {row['vs_torch']:.2f}x torch" if row.get("vs_torch") else ""
+            if row.get(f"vs_{vs_backend}"):
+                ratio += f"  {row[f'vs_{vs_backend}']:.2f}x {vs_backend}"
             print(f"  {row['backend']:<6} {row['sizes']:<16} batch {row['batch']:<5} "
                   f"{row['samples_per_s'] / 1e3:8.1f}k samples/s{ratio}", file=sys.stderr,
                   flush=True)
 
     rows = run_matrix(backends, sizes, batches, args.dtype, X, y, repeats=args.epochs,
-                      vs_torch=vs_torch, progress=show)
+                      vs_torch=vs_torch, progress=show, vs_backend=vs_backend)
     tta = []
     if args.time_to_accuracy:   # always on the full training set, whatever --samples says
         for b in backends:
@@ -302,6 +314,7 @@ def cmd_bench(args):
         print(f"(no PyTorch comparison: {torch_why if torch_mod is None else 'use --vs torch'})")
     payload = {"machine": machine, "rows": rows, "time_to_accuracy": tta,
                "method": {"repeats": args.epochs, "samples": int(X.shape[0]),
+                          "interleaved_with": vs,
                           "warmup_epochs": 1, "train_metrics": False, "dtype": args.dtype}}
     if args.json:
         report.write_json(args.json, payload)
@@ -392,8 +405,9 @@ def build_parser():
     p.add_argument("--samples", type=int, default=60000, help="training samples per epoch")
     p.add_argument("--quick", action="store_true",
                    help="batch 64 and 1024 on 784-100-10, 2 epochs: under a minute on 2 cores")
-    p.add_argument("--vs", choices=["torch"], default=None,
-                   help="measure PyTorch eager on identical work in the same run")
+    p.add_argument("--vs", default=None, metavar="torch[,BACKEND]",
+                   help="measure PyTorch eager (torch) and/or another bpgpu backend on identical "
+                        "work in the same run, epochs interleaved (e.g. --vs torch,numpy)")
     p.add_argument("--time-to-accuracy", action="store_true",
                    help="also time each backend (and torch) to 98.0 %% MNIST test accuracy")
     p.add_argument("--json", metavar="PATH")

@@ -271,20 +271,40 @@ class MLP:
                 be.dropout_forward(ws.a[l], ws.uniform[l], dropout, ws.mask[l], out=ws.inp[l])
         return ws.a[L]
 
-    def backward(self, ws, dropout=0.0, loss_acc=None):
-        """Backward pass: fills the flat gradient buffer from ``ws`` after :meth:`forward`.
+    def backward(self, ws, dropout=0.0, loss_acc=None, sgd=None):
+        """Backward pass after :meth:`forward`: fills the flat gradient buffer from ``ws``.
 
-        ``ws.y`` holds the targets. If ``loss_acc`` (device float64 array of shape (1,)) is given,
-        the batch's summed loss is added to it in the same pass.
+        Parameters
+        ----------
+        ws : workspace
+            ``ws.y`` holds the targets.
+        dropout : float
+            The rate :meth:`forward` used (its masks are applied to the deltas).
+        loss_acc : device float64 array, shape (1,), optional
+            The batch's summed loss is added to it in the same pass.
+        sgd : (lr, weight_decay), optional
+            Apply plain SGD to the parameters inside the gradient GEMMs instead of writing the
+            gradients: ``W = (1 - lr * wd) * W - lr * inp.T @ d`` and ``b -= lr * sum(d)``, one
+            BLAS call per parameter array (``fit`` passes it when the backend
+            :meth:`~bpgpu.backends.base.Backend.fuses_sgd`). The gradient buffer is then left
+            untouched. Each layer's deltas for the layer below are computed first, with the
+            weights not yet updated.
         """
         be = self.backend
         L = self.n_layers
         be.output_delta(ws.a[L], ws.y, ws.d[L], self.output, self.loss_name, loss_acc)
         for l in range(L, 0, -1):
-            be.gemm(ws.inp[l - 1], ws.d[l], out=self.dW[l - 1], trans_a=True)
-            be.column_sums(ws.d[l], out=self.db[l - 1])
             if l > 1:
                 be.gemm(ws.d[l], self.W[l - 1], out=ws.d[l - 1], trans_b=True)
+            if sgd is None:
+                be.gemm(ws.inp[l - 1], ws.d[l], out=self.dW[l - 1], trans_a=True)
+                be.column_sums(ws.d[l], out=self.db[l - 1])
+            else:
+                lr, weight_decay = sgd
+                be.gemm(ws.inp[l - 1], ws.d[l], out=self.W[l - 1], trans_a=True, alpha=-lr,
+                        beta=1.0 - lr * weight_decay)
+                be.column_sums(ws.d[l], out=self.b[l - 1], alpha=-lr, beta=1.0)
+            if l > 1:
                 if dropout:
                     be.dropout_backward(ws.d[l - 1], ws.mask[l - 1])
                 be.activation_backward(ws.d[l - 1], ws.a[l - 1], self.activations[l - 2])

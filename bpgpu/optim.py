@@ -26,6 +26,12 @@ class SGD:
         """Apply one update to ``params`` (shape (P,)) in place; ``grads`` may be overwritten."""
         self.backend.sgd_update(params, grads, self.lr, self.weight_decay, self.n_decay)
 
+    def fused_step(self):
+        """``(lr, weight_decay)`` when this update can run inside the gradient GEMMs
+        (:meth:`bpgpu.MLP.backward`'s ``sgd``), else None. Plain SGD only: it needs nothing but
+        the gradient, and its weight decay covers exactly the weights."""
+        return self.lr, self.weight_decay
+
 
 class Momentum(SGD):
     """SGD with (optionally Nesterov) momentum, PyTorch's form: ``v = mu v + g``."""
@@ -36,6 +42,10 @@ class Momentum(SGD):
             raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.velocity = backend.zeros((n_params,), dtype)
+
+    def fused_step(self):
+        """None: the velocity needs the gradient itself."""
+        return None
 
     def update(self, params, grads):
         self.backend.momentum_update(params, grads, self.velocity, self.lr, self.momentum,
@@ -51,6 +61,10 @@ class Adam(SGD):
         self.m = backend.zeros((n_params,), dtype)
         self.v = backend.zeros((n_params,), dtype)
         self.t = 0
+
+    def fused_step(self):
+        """None: the moments need the gradient itself."""
+        return None
 
     def update(self, params, grads):
         self.t += 1

@@ -166,6 +166,8 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
 
     opt = make_optimizer(optimizer, be, model.n_params, model.dtype, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, n_decay=model.n_weights)
+    # plain SGD inside the gradient GEMMs where the backend does that in one call (same math)
+    fused_sgd = opt.fused_step() if be.fuses_sgd(model.dtype) else None
     batch = min(batch_size, n)
     ws_full = model.workspace(batch, dropout=dropout > 0)
     acc = be.zeros((2,), np.float64)                 # [loss sum, correct count] of the epoch
@@ -194,8 +196,10 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
                 model.forward(ws, dropout)
                 if count_correct:
                     be.count_correct(ws.a[-1], ws.y, acc[1:2])
-                model.backward(ws, dropout, loss_acc=acc[0:1] if train_metrics else None)
-                opt.update(model._params, model._grads)
+                model.backward(ws, dropout, loss_acc=acc[0:1] if train_metrics else None,
+                               sgd=fused_sgd)
+                if fused_sgd is None:
+                    opt.update(model._params, model._grads)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:

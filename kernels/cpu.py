@@ -22,10 +22,19 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from .intrinsics import prefetch_row
+
 __all__ = ["ACT_CODES", "LOSS_CODES", "KERNELS"]
 
 ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "softmax": 4}
 LOSS_CODES = {"mse": 0, "bce": 1, "ce": 2}
+
+
+#: Compile options of every kernel. ``error_model="numpy"``: a float division by zero gives inf or
+#: NaN as in numpy instead of raising ZeroDivisionError -- the check Python's error model puts
+#: before every division stopped LLVM vectorising any loop that divides (sigmoid's 1 / (1 + e):
+#: 7.5 us scalar vs 1.4 us vectorised on 64x100 float32, bench/NOTES.md step 12).
+_OPTIONS = {"cache": True, "error_model": "numpy"}
 
 
 def _variants(fn):
@@ -33,7 +42,7 @@ def _variants(fn):
     serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                                 fn.__defaults__, fn.__closure__)
     serial.__qualname__ = fn.__qualname__ + "_serial"
-    return njit(cache=True)(serial), njit(cache=True, parallel=True)(fn)
+    return njit(**_OPTIONS)(serial), njit(parallel=True, **_OPTIONS)(fn)
 
 
 # ------------------------------------------------------------------------------ forward
@@ -190,15 +199,25 @@ def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, want_los
     return total
 
 
-def column_sums(d, out):
-    """out[j] = sum_i d[i, j] (accumulated in out's dtype, row by row: vectorises over j)."""
+def column_sums(d, out, alpha, beta, acc):
+    """out[j] = alpha * sum_i d[i, j] + beta * out[j] (beta 0: out's old values are ignored).
+
+    Summed row by row into ``acc`` (scratch of out's shape and dtype), which vectorises over j.
+    """
     rows, cols = d.shape
+    zero = out.dtype.type(0)
     for j in range(cols):
-        out[j] = out.dtype.type(0)
+        acc[j] = zero
     for i in range(rows):
         r = d[i]
         for j in range(cols):
-            out[j] += r[j]
+            acc[j] += r[j]
+    if beta == zero:
+        for j in range(cols):
+            out[j] = alpha * acc[j]
+    else:
+        for j in range(cols):
+            out[j] = alpha * acc[j] + beta * out[j]
 
 
 def count_correct(a, y):
@@ -223,10 +242,20 @@ def count_correct(a, y):
 
 
 # ------------------------------------------------------------------------------ data
+#: The gathers prefetch the row this many iterations ahead: rows of a shuffled epoch are scattered
+#: over the dataset, and overlapping their cache misses took the 64-row MNIST gather from 29 to
+#: 16-19 us (2 to 16 rows ahead all helped; bench/NOTES.md step 14).
+PREFETCH_AHEAD = 16
+
+
 def gather_scale(data, idx, out, scale, shift):
     """out[i, :] = data[idx[i], :] * scale + shift (uint8 rows straight into the float batch)."""
     rows, cols = out.shape
+    for i in range(min(PREFETCH_AHEAD, rows)):
+        prefetch_row(data, idx[i])
     for i in prange(rows):
+        if i + PREFETCH_AHEAD < rows:
+            prefetch_row(data, idx[i + PREFETCH_AHEAD])
         src = data[idx[i]]
         dst = out[i]
         for j in range(cols):
@@ -236,7 +265,11 @@ def gather_scale(data, idx, out, scale, shift):
 def gather(data, idx, out):
     """out[i, :] = data[idx[i], :] (same dtype)."""
     rows, cols = out.shape
+    for i in range(min(PREFETCH_AHEAD, rows)):
+        prefetch_row(data, idx[i])
     for i in prange(rows):
+        if i + PREFETCH_AHEAD < rows:
+            prefetch_row(data, idx[i + PREFETCH_AHEAD])
         src = data[idx[i]]
         dst = out[i]
         for j in range(cols):
@@ -300,7 +333,7 @@ def _adam_part(p, g, m, v, lr_t, b1, c1, b2, c2, eps, inv_bias2, wd):
         p[k] -= lr_t * mk / (np.sqrt(vk * inv_bias2) + eps)
 
 
-_sgd_part, _momentum_part, _adam_part = (njit(cache=True)(f) for f in
+_sgd_part, _momentum_part, _adam_part = (njit(**_OPTIONS)(f) for f in
                                          (_sgd_part, _momentum_part, _adam_part))
 
 
@@ -329,4 +362,4 @@ KERNELS = {fn.__name__: _variants(fn) for fn in (
     activation_backward, output_delta, count_correct, gather_scale, gather, dropout_forward,
     multiply_inplace)}
 for _fn in (column_sums, sgd_update, momentum_update, adam_update):   # serial by design
-    KERNELS[_fn.__name__] = (njit(cache=True)(_fn),) * 2
+    KERNELS[_fn.__name__] = (njit(**_OPTIONS)(_fn),) * 2

@@ -136,6 +136,35 @@ def test_gemm(be, dtype, shape, ta, tb):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("alpha,beta", [(-0.1, 1.0), (-0.05, 0.999), (2.0, 0.0)])
+def test_gemm_alpha_beta(be, dtype, shape, ta, tb, alpha, beta):
+    """BLAS's ``out = alpha op(a) op(b) + beta out`` (the fused SGD step); beta 0 ignores NaN."""
+    m, n = shape
+    k = 9
+    A = rand((k, m) if ta else (m, k), 17)
+    B = rand((n, k) if tb else (k, n), 18)
+    C = rand((m, n), 19)
+    out = dev(be, np.full((m, n), np.nan) if beta == 0.0 else C, dtype)
+    be.gemm(dev(be, A, dtype), dev(be, B, dtype), out, trans_a=ta, trans_b=tb, alpha=alpha,
+            beta=beta)
+    A_, B_ = (A.T if ta else A), (B.T if tb else B)
+    want = alpha * (A_ @ B_) + (beta * C if beta else 0.0)
+    close(be, out, want, dtype, magnitude=abs(alpha) * (np.abs(A_) @ np.abs(B_)).max() + 1)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("alpha,beta", [(-0.1, 1.0), (3.0, 0.0)])
+def test_column_sums_alpha_beta(be, dtype, shape, alpha, beta):
+    d = rand(shape, 20)
+    y = rand((shape[1],), 21)
+    out = dev(be, np.full(shape[1], np.nan) if beta == 0.0 else y, dtype)
+    be.column_sums(dev(be, d, dtype), out, alpha=alpha, beta=beta)
+    want = alpha * d.sum(axis=0) + (beta * y if beta else 0.0)
+    close(be, out, want, dtype, magnitude=abs(alpha) * np.abs(d).sum(axis=0).max() + 1)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_column_sums(be, dtype, shape):
     d = rand(shape, 9)
     out = be.empty((shape[1],), np.dtype(dtype))
@@ -266,7 +295,7 @@ def test_every_backend_keeps_the_base_signatures(backend_name):
 def test_ops_list_is_complete():
     public = {n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_")}
     assert set(OPS) <= public
-    assert public - set(OPS) <= {"describe", "compute_threads"}
+    assert public - set(OPS) <= {"describe", "compute_threads", "fuses_sgd"}
     assert issubclass(NumpyBackend, Backend)
 
 

@@ -119,3 +119,52 @@ def test_momentum_training_matches_plain_reference(backend_name, dtype, mnist_da
     got = np.concatenate([a.ravel() for a in itertools.chain(*net.get_params())])
     want = np.concatenate([a.ravel() for a in itertools.chain(W, b)])
     assert rel_norm(got, want) < (1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_sgd_inside_backward_is_the_worked_step(backend_name):
+    """``backward(sgd=(lr, wd))`` (the update inside the gradient GEMMs) lands on the same
+    hand-worked weights as gradients-then-update, and leaves the gradient buffer alone."""
+    net = bpgpu.MLP([2, 2, 1], activation="sigmoid", output="sigmoid", loss="mse",
+                    dtype="float64", backend=backend_name)
+    net.set_params([np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[0.5], [-0.6]])],
+                   [np.array([0.0, 0.1]), np.array([0.2])])
+    be = net.backend
+    be.upload(np.full(net.n_params, 7.0), net._grads)
+    ws = net.workspace(1)
+    be.upload(np.array([[1.0, 0.5]]), ws.a[0])
+    be.upload(np.array([[1.0]]), ws.y)
+    net.forward(ws)
+    net.backward(ws, sgd=(0.5, 0.0))
+    W, b = net.get_params()
+    np.testing.assert_allclose(W[0], [[0.10725719668934332, 0.19168517512144312],
+                                      [0.30362859834467165, 0.3958425875607216]], atol=1e-12)
+    np.testing.assert_allclose(b[0], [0.007257196689343313, 0.09168517512144313], atol=1e-12)
+    np.testing.assert_allclose(W[1], [[0.5331512433847245], [-0.5632939108033663]], atol=1e-12)
+    np.testing.assert_allclose(b[1], [0.2589694576925387], atol=1e-12)
+    assert (be.to_host(net._grads) == 7.0).all()
+
+
+def test_sgd_inside_backward_matches_plain_reference(backend_name, dtype, mnist_data):
+    """100 fused SGD steps with weight decay (weights only) against the plain reference loop."""
+    (X, y), _ = mnist_data
+    net = bpgpu.MLP([784, 32, 16, 10], dtype=dtype, backend=backend_name, seed=8)
+    W = [w.astype(float) for w in net.get_params()[0]]
+    b = [x.astype(float) for x in net.get_params()[1]]
+    rng = np.random.default_rng(9)
+    idx = [rng.integers(0, len(X), 64) for _ in range(100)]
+    for i in idx:
+        _, dW, db = forward_backward(W, b, ["sigmoid", "sigmoid", "softmax"], "ce", X[i] / 255.0,
+                                     onehot(y[i], 10))
+        for l in range(3):
+            W[l] -= 0.1 * (dW[l] + 1e-3 * W[l])
+            b[l] -= 0.1 * db[l]
+    X_dev = net.prepare_inputs(X)
+    T_dev = net.backend.asarray(net.targets_from(y, len(y)))
+    ws = net.workspace(64)
+    for i in idx:
+        net._load_batch(ws, X_dev, T_dev, net.backend.asarray(i))
+        net.forward(ws)
+        net.backward(ws, sgd=(0.1, 1e-3))
+    got = np.concatenate([a.ravel() for a in itertools.chain(*net.get_params())])
+    want = np.concatenate([a.ravel() for a in itertools.chain(W, b)])
+    assert rel_norm(got, want) < (1e-5 if dtype == "float32" else 1e-12)

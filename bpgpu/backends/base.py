@@ -121,21 +121,58 @@ class Backend:
         return self.xp.matmul(z, self._ones(z.shape[1], z.dtype), out=out[:, 0])
 
     # ------------------------------------------------------------------ dense algebra
-    def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False):
-        """``out[:] = op(a) @ op(b)`` where op transposes when asked.
+    def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0):
+        """``out[:] = alpha * op(a) @ op(b) + beta * out`` where op transposes when asked.
 
         Parameters
         ----------
         a : array, shape (m, k), or (k, m) with ``trans_a``
         b : array, shape (k, n), or (n, k) with ``trans_b``
         out : array, shape (m, n)
-            Written in place and returned.
+            Written in place and returned. With ``beta == 0`` its old contents are ignored.
+        alpha, beta : float
+            BLAS's scalars: the model's fused SGD step passes ``alpha = -lr`` and
+            ``beta = 1 - lr * weight_decay`` with ``out`` the weights (see :meth:`fuses_sgd`).
         """
-        return self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+        xp = self.xp
+        op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+        if beta == 0.0:
+            xp.matmul(op_a, op_b, out=out)
+            if alpha != 1.0:
+                out *= alpha
+            return out
+        product = self._scratch("gemm", out.shape, out.dtype)
+        xp.matmul(op_a, op_b, out=product)
+        return self._scale_add(out, product, alpha, beta)
 
-    def column_sums(self, d, out):
-        """``out[:] = d.sum(axis=0)``; ``d`` of shape (B, n), ``out`` of shape (n,)."""
-        return self.xp.matmul(self._ones(d.shape[0], d.dtype), d, out=out)
+    def column_sums(self, d, out, alpha: float = 1.0, beta: float = 0.0):
+        """``out[:] = alpha * d.sum(axis=0) + beta * out``; ``d`` of shape (B, n), ``out`` (n,)."""
+        ones = self._ones(d.shape[0], d.dtype)
+        if beta == 0.0:
+            self.xp.matmul(ones, d, out=out)
+            if alpha != 1.0:
+                out *= alpha
+            return out
+        sums = self._scratch("column_sums", out.shape, out.dtype)
+        self.xp.matmul(ones, d, out=sums)
+        return self._scale_add(out, sums, alpha, beta)
+
+    def _scale_add(self, out, x, alpha, beta):
+        """``out[:] = alpha * x + beta * out`` (``x`` is scratch and may be overwritten)."""
+        if alpha != 1.0:
+            x *= alpha
+        if beta != 1.0:
+            out *= beta
+        out += x
+        return out
+
+    def fuses_sgd(self, dtype) -> bool:
+        """Whether :meth:`gemm` and :meth:`column_sums` apply ``alpha``/``beta`` inside the one call
+        for ``dtype`` arrays, so that plain SGD is cheaper fused into the gradient GEMMs than as a
+        separate pass (:meth:`bpgpu.MLP.backward`'s ``sgd``). The reference ops take two passes:
+        False."""
+        return False
 
     # ------------------------------------------------------------------ activations
     def bias_activation(self, z, bias, activation: str):

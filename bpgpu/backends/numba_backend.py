@@ -29,10 +29,13 @@ SERIAL_MAX_CORES = 2
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-
 def _ok(*arrays):
-    """True when the kernels can take these arrays (float32/64 and C-contiguous)."""
-    return all(a.dtype in _FLOATS and a.flags.c_contiguous for a in arrays)
+    """True when the kernels can take these arrays (float32/64 and C-contiguous). A plain loop:
+    this runs a dozen times per training step, and a generator costs ~1 us more per call."""
+    for a in arrays:
+        if a.dtype not in _FLOATS or not a.flags.c_contiguous:
+            return False
+    return True
 
 
 def cache_status() -> str:
@@ -65,7 +68,8 @@ class NumbaBackend(NumpyBackend):
         if numba is None:
             raise BackendUnavailable(f"backend 'numba' is not available: {reason}")
         super().__init__(blas_threads)
-        from bpgpu.kernels import cpu  # compiles lazily, per signature, on first call
+        from bpgpu.kernels import blas, cpu  # compile lazily, per signature, on first call
+        self._blas = blas
         self._numba = numba
         self._k = cpu.KERNELS
         self._act = cpu.ACT_CODES
@@ -144,6 +148,27 @@ class NumbaBackend(NumpyBackend):
 
     _parallel_ok = (os.cpu_count() or 1) > SERIAL_MAX_CORES
 
+    # ------------------------------------------------------------------ BLAS with alpha and beta
+    def fuses_sgd(self, dtype) -> bool:
+        """True where numpy's BLAS was found and checked for ``dtype`` (kernels/blas.py): the SGD
+        step then runs inside the gradient GEMMs (``beta``), saving a pass over every parameter
+        and gradient (bench/NOTES.md step 13)."""
+        return self._blas.blas_for(np.dtype(dtype)) is not None
+
+    def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0):
+        """Plain products go to numpy's matmul (cheapest to call); with ``alpha``/``beta`` one
+        ``cblas_?gemm`` call of the same BLAS does the scaling and the update."""
+        if alpha == 1.0 and beta == 0.0:
+            return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+        blas = self._blas.blas_for(out.dtype)
+        if blas is None or not _ok(a, b, out) or not a.dtype == b.dtype == out.dtype:
+            return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
+        t = out.dtype.type
+        self._blas.gemm(blas.gemm[out.dtype], blas.ilp64, a, b, out, trans_a, trans_b, t(alpha),
+                        t(beta))
+        return out
+
     # ------------------------------------------------------------------ fused ops
     def bias_activation(self, z, bias, activation: str):
         """Fused passes around numpy's SIMD exp/tanh (see kernels/cpu.py on why):
@@ -191,10 +216,21 @@ class NumbaBackend(NumpyBackend):
             loss_acc += total
         return delta
 
-    def column_sums(self, d, out):
-        if not _ok(d, out) or d.size >= PARALLEL_MIN:   # large: BLAS GEMV uses every core
-            return super().column_sums(d, out)
-        self._k["column_sums"][0](d, out)
+    def column_sums(self, d, out, alpha: float = 1.0, beta: float = 0.0):
+        """Small: one Numba pass with alpha and beta; large: one BLAS GEMV on every core (with
+        alpha and beta when numpy's CBLAS was found)."""
+        if not _ok(d, out) or d.dtype != out.dtype:
+            return super().column_sums(d, out, alpha, beta)
+        t = out.dtype.type
+        if d.size < PARALLEL_MIN:
+            acc = self._scratch("column_sums", out.shape, out.dtype)
+            self._k["column_sums"][0](d, out, t(alpha), t(beta), acc)
+            return out
+        blas = self._blas.blas_for(out.dtype) if alpha != 1.0 or beta != 0.0 else None
+        if blas is None:
+            return super().column_sums(d, out, alpha, beta)
+        self._blas.gemv(blas.gemv[out.dtype], blas.ilp64, d, self._ones(d.shape[0], d.dtype), out,
+                        True, t(alpha), t(beta))
         return out
 
     def count_correct(self, a, y, acc):
@@ -204,7 +240,8 @@ class NumbaBackend(NumpyBackend):
         return acc
 
     def gather_rows(self, data, idx, out, scale: float = 1.0, shift: float = 0.0):
-        if not (out.dtype in _FLOATS and out.flags.c_contiguous and data.flags.c_contiguous):
+        if not (out.dtype in _FLOATS and out.flags.c_contiguous and data.flags.c_contiguous
+                and data.ndim == 2):
             return super().gather_rows(data, idx, out, scale, shift)
         if data.dtype == out.dtype:
             self._kernel("gather", out.size)(data, idx, out)

@@ -18,8 +18,8 @@ from .base import Backend
 
 __all__ = ["NumpyBackend", "blas_info"]
 
-#: At or below this batch size one BLAS thread is faster than several (bench/NOTES.md).
-SINGLE_THREAD_MAX_BATCH = 64
+#: At or below this batch size one BLAS thread is faster than several (bench/NOTES.md steps 4, 15).
+SINGLE_THREAD_MAX_BATCH = 32
 
 
 def blas_info() -> list[dict]:

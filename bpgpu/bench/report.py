@@ -20,10 +20,13 @@ def _fmt(v, spec):
 
 
 def markdown_table(rows) -> str:
-    """One line per row: throughput with its spread, per-step cost, GEMM efficiency, vs torch."""
+    """One line per row: throughput with its spread, per-step cost, GEMM efficiency, vs torch, and
+    vs another bpgpu backend when the run interleaved one (``bpgpu bench --vs torch,numpy``)."""
+    others = sorted({k[3:] for r in rows for k in r if k.startswith("vs_") and k != "vs_torch"})
     head = ("| backend | sizes | batch | dtype | samples/s (median, min–max) | µs/step | GFLOP/s "
-            "| % of GEMM ceiling | GEMM share of time | torch samples/s | vs torch |")
-    lines = [head, "|" + "---|" * 11]
+            "| % of GEMM ceiling | GEMM share of time | torch samples/s | vs torch |"
+            + "".join(f" vs {o} |" for o in others))
+    lines = [head, "|" + "---|" * (11 + len(others))]
     for r in rows:
         spread = f"{r['samples_per_s_min'] / 1e3:.0f}–{r['samples_per_s_max'] / 1e3:.0f}k"
         frac = r.get("fraction_of_ceiling")
@@ -36,7 +39,9 @@ def markdown_table(rows) -> str:
             f"| {r['gflops']:.1f} | {_fmt(frac and 100 * frac, '.0f')} "
             f"| {_fmt(gemm and 100 * gemm, '.0f')}{'' if gemm is None else ' %'} "
             f"| {_fmt(torch and torch / 1e3, '.1f')}{'' if torch is None else 'k'} "
-            f"| {_fmt(ratio, '.2f')}{'' if ratio is None else '×'} |")
+            f"| {_fmt(ratio, '.2f')}{'' if ratio is None else '×'} |"
+            + "".join(f" {_fmt(r.get('vs_' + o), '.2f')}{'×' if r.get('vs_' + o) else ''} |"
+                      for o in others))
     return "\n".join(lines)
 
 

@@ -108,13 +108,19 @@ def _threads(be, batch):
     return info
 
 
-def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True):
+def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs_backend=None):
     """Measure one case; return a JSON-ready row (see the module docstring for the method).
 
     With ``vs_torch`` the two sides alternate epoch by epoch (ours, torch, ours, torch, ...), and
     the ratio is the median of the per-pair ratios: slow drift of the machine cancels out.
+    ``vs_backend`` (another bpgpu backend's name) joins the alternation the same way and gives
+    ``vs_<name>``: how many times faster this case's backend is than that one.
     """
     net = MLP(case.sizes, dtype=case.dtype, backend=case.backend, seed=0)
+    other = None
+    if vs_backend and vs_backend != case.backend:
+        other = MLP(case.sizes, dtype=case.dtype, backend=vs_backend, seed=0)
+        other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
     n = X.shape[0]
     steps = -(-n // case.batch)
     trainer, torch_why = None, None
@@ -125,12 +131,15 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True):
             trainer = TorchTrainer(fresh, device="cuda" if case.backend == "cupy" else "cpu")
             trainer.fit(X, y, epochs=1, batch_size=case.batch)                  # warm-up
     net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
-    ours, theirs = [], []
+    ours, theirs, others = [], [], []
     for _ in range(repeats):
         ours.append(net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
                             train_metrics=False).time[0])
         if trainer is not None:
             theirs.append(trainer.fit(X, y, epochs=1, batch_size=case.batch)[0])
+        if other is not None:
+            others.append(other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
+                                    train_metrics=False).time[0])
     times = np.array(ours)
     sps = n / times
     flops = step_flops(case.sizes, case.batch) * (n // case.batch) + \
@@ -167,12 +176,17 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True):
                     "vs_torch": float(np.median(np.array(theirs) / times))})
     elif vs_torch:
         row["torch_missing"] = torch_why
+    if other is not None:
+        osps = n / np.array(others)
+        row.update({f"{vs_backend}_samples_per_s": float(np.median(osps)),
+                    f"vs_{vs_backend}": float(np.median(np.array(others) / times))})
     return row
 
 
 def run_matrix(backends, sizes_list, batches, dtype, X, y, repeats=3, vs_torch=False,
-               progress=None):
-    """Every backend × sizes × batch; ceilings measured once per (device, dtype) in the run."""
+               progress=None, vs_backend=None):
+    """Every backend × sizes × batch; ceilings measured once per (device, dtype) in the run.
+    ``vs_torch`` and ``vs_backend`` as in :func:`run_case`."""
     ceilings, rows = {}, []
     for backend in backends:
         device = "gpu" if backend == "cupy" else "cpu"
@@ -181,7 +195,8 @@ def run_matrix(backends, sizes_list, batches, dtype, X, y, repeats=3, vs_torch=F
         for sizes in sizes_list:
             for batch in batches:
                 case = BenchCase(backend, tuple(sizes), batch, dtype)
-                row = run_case(case, X, y, repeats, vs_torch, ceilings[(device, dtype)])
+                row = run_case(case, X, y, repeats, vs_torch, ceilings[(device, dtype)],
+                               vs_backend=vs_backend)
                 rows.append(row)
                 if progress:
                     progress(row)
