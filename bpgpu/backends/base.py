@@ -97,8 +97,9 @@ class Backend:
         """Block until all queued device work is done (no-op on the CPU)."""
 
     def _scratch(self, key, shape, dtype):
-        """A cached work buffer, allocated once per (key, shape, dtype): no steady-state allocation."""
-        k = (key, tuple(shape), np.dtype(dtype).str)
+        """A cached work buffer, allocated once per (key, shape, dtype): no steady-state allocation.
+        (Called in every step: the key is built from the arguments as given, no conversions.)"""
+        k = (key, shape, dtype)
         buf = self._scratch_cache.get(k)
         if buf is None:
             buf = self._scratch_cache[k] = self.empty(shape, dtype)
@@ -107,9 +108,9 @@ class Backend:
     def _ones(self, n, dtype):
         """A cached vector of ``n`` ones: row and column sums become one GEMV (far cheaper than an
         axis reduction at these sizes, on the CPU and on cuBLAS alike)."""
-        buf = self._scratch_cache.get(("ones", n, np.dtype(dtype).str))
+        buf = self._scratch_cache.get(("ones", n, dtype))
         if buf is None:
-            buf = self._scratch_cache[("ones", n, np.dtype(dtype).str)] = self.xp.ones(n, dtype)
+            buf = self._scratch_cache[("ones", n, dtype)] = self.xp.ones(n, dtype)
         return buf
 
     def _row_max(self, z, out):

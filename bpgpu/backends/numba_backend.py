@@ -48,8 +48,8 @@ def cache_status() -> str:
         roots.append(os.path.join(str(resources.files("bpgpu.kernels")), "__pycache__"))
     except (ModuleNotFoundError, TypeError):
         pass
-    found = [f for r in roots if r for f in glob.glob(os.path.join(r, "**", "cpu.*.nbi"),
-                                                          recursive=True)]
+    found = [f for r in roots if r for pattern in ("cpu.*.nbi", "blas.*.nbi")
+             for f in glob.glob(os.path.join(r, "**", pattern), recursive=True)]
     if not found:
         return "kernels not compiled yet: the first run compiles them (~8 s), or run bpgpu warmup"
     return f"{len(found)} compiled kernels cached on disk"
@@ -70,6 +70,7 @@ class NumbaBackend(NumpyBackend):
         super().__init__(blas_threads)
         from bpgpu.kernels import blas, cpu  # compile lazily, per signature, on first call
         self._blas = blas
+        self._fused: dict = {}
         self._numba = numba
         self._k = cpu.KERNELS
         self._act = cpu.ACT_CODES
@@ -108,10 +109,10 @@ class NumbaBackend(NumpyBackend):
                             dropout=0.1)
                 net.evaluate(X, targets)
         hits = compiled = 0
-        for pair in self._k.values():
-            for dispatcher in set(pair):
-                hits += sum(dispatcher.stats.cache_hits.values())
-                compiled += sum(dispatcher.stats.cache_misses.values())
+        dispatchers = [d for pair in self._k.values() for d in set(pair)]
+        for dispatcher in dispatchers + [self._blas.gemm, self._blas.gemv]:
+            hits += sum(dispatcher.stats.cache_hits.values())
+            compiled += sum(dispatcher.stats.cache_misses.values())
         return {"seconds": time.perf_counter() - t0, "kernels": len(self._k),
                 "cache_hits": hits, "compiled": compiled}
 
@@ -153,7 +154,17 @@ class NumbaBackend(NumpyBackend):
         """True where numpy's BLAS was found and checked for ``dtype`` (kernels/blas.py): the SGD
         step then runs inside the gradient GEMMs (``beta``), saving a pass over every parameter
         and gradient (bench/NOTES.md step 13)."""
-        return self._blas.blas_for(np.dtype(dtype)) is not None
+        return self._fused_blas(np.dtype(dtype)) is not None
+
+    def _fused_blas(self, dtype):
+        """``(gemm address, gemv address, ilp64)`` of numpy's CBLAS for ``dtype``, or None."""
+        try:
+            return self._fused[dtype]
+        except KeyError:
+            blas = self._blas.blas_for(dtype)
+            entry = None if blas is None else (blas.gemm[dtype], blas.gemv[dtype], blas.ilp64)
+            self._fused[dtype] = entry
+            return entry
 
     def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
              beta: float = 0.0):
@@ -161,12 +172,11 @@ class NumbaBackend(NumpyBackend):
         ``cblas_?gemm`` call of the same BLAS does the scaling and the update."""
         if alpha == 1.0 and beta == 0.0:
             return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
-        blas = self._blas.blas_for(out.dtype)
+        blas = self._fused_blas(out.dtype)
         if blas is None or not _ok(a, b, out) or not a.dtype == b.dtype == out.dtype:
             return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
         t = out.dtype.type
-        self._blas.gemm(blas.gemm[out.dtype], blas.ilp64, a, b, out, trans_a, trans_b, t(alpha),
-                        t(beta))
+        self._blas.gemm(blas[0], blas[2], a, b, out, trans_a, trans_b, t(alpha), t(beta))
         return out
 
     # ------------------------------------------------------------------ fused ops
@@ -226,11 +236,11 @@ class NumbaBackend(NumpyBackend):
             acc = self._scratch("column_sums", out.shape, out.dtype)
             self._k["column_sums"][0](d, out, t(alpha), t(beta), acc)
             return out
-        blas = self._blas.blas_for(out.dtype) if alpha != 1.0 or beta != 0.0 else None
+        blas = self._fused_blas(out.dtype) if alpha != 1.0 or beta != 0.0 else None
         if blas is None:
             return super().column_sums(d, out, alpha, beta)
-        self._blas.gemv(blas.gemv[out.dtype], blas.ilp64, d, self._ones(d.shape[0], d.dtype), out,
-                        True, t(alpha), t(beta))
+        self._blas.gemv(blas[1], blas[2], d, self._ones(d.shape[0], d.dtype), out, True, t(alpha),
+                        t(beta))
         return out
 
     def count_correct(self, a, y, acc):
