@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -325,7 +326,8 @@ def cmd_bench(args):
     if args.update_readme:
         if not (args.markdown and args.plot):
             raise UsageError("--update-readme needs --markdown and --plot (the README links them)")
-        report.update_readme(args.update_readme, args.markdown, args.plot, rows, machine)
+        command = " ".join(["bpgpu"] + [shlex.quote(a) for a in args.argv])
+        report.update_readme(args.update_readme, args.markdown, args.plot, rows, machine, command)
     return 0
 
 
@@ -435,6 +437,7 @@ def main(argv=None) -> int:
     from .errors import BpgpuError
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return args.func(args)
     except (UsageError, BpgpuError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

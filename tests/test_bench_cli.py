@@ -46,3 +46,26 @@ def test_bench_with_torch_reports_ratio():
 def test_bench_bad_sizes_is_a_clean_error():
     res = run(["bench", "--sizes", "784-x-10"])
     assert res.returncode == 2 and "bpgpu: error: --sizes" in res.stderr
+
+
+def test_bench_vs_another_backend_interleaves_it(tmp_path):
+    """``--vs numpy`` on a numba row: the numpy backend runs the same epochs, interleaved, and the
+    row gets its samples/s and the ratio; the Markdown table grows a "vs numpy" column."""
+    pytest.importorskip("numba")
+    out = tmp_path / "b.json"
+    args = ["bench", "--backends", "numba", "--batch-sizes", "64", "--sizes", "784-16-10",
+            "--epochs", "2", "--samples", "2000", "--quiet", "--vs", "numpy", "--json", str(out)]
+    res = run(args)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["numpy_samples_per_s"] > 0 and row["vs_numpy"] > 0
+    header = next(line for line in res.stdout.splitlines() if line.startswith("| backend"))
+    assert header.rstrip().endswith("vs numpy |")
+    assert json.loads(out.read_text())["method"]["interleaved_with"] == ["numpy"]
+
+
+@pytest.mark.parametrize("vs", ["pandas", "numpy,numba", "torch,tensorflow"])
+def test_bench_bad_vs_is_a_clean_error(vs):
+    res = run(["bench", "--vs", vs])
+    assert res.returncode == 2 and res.stderr.startswith("bpgpu: error: --vs")
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -15,7 +15,8 @@ import bpgpu  # noqa: E402
 from bpgpu.sklearn import BPClassifier, BPRegressor  # noqa: E402
 
 # Checks we skip, each with its reason: none. (scikit-learn itself skips its array-API checks
-# unless SCIPY_ARRAY_API=1 is set; these estimators take numpy-convertible input only.)
+# unless SCIPY_ARRAY_API=1 is set; these estimators take numpy-convertible input only. Its
+# DataFrame checks need pandas, which the dev extra installs.)
 EXPECTED_FAILED = {}
 
 

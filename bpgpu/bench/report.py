@@ -98,14 +98,16 @@ def plot_rows(rows, path):
     plt.close(fig)
 
 
-def update_readme(readme, markdown_path, plot_path, rows, machine):
-    """Replace everything after the README's bench marker with the latest table and chart."""
+def update_readme(readme, markdown_path, plot_path, rows, machine,
+                  command="bpgpu bench --quick --vs torch --update-readme"):
+    """Replace everything after the README's bench marker with the latest table and chart;
+    ``command`` is the invocation shown above the table."""
     with open(readme) as f:
         text = f.read()
     if README_MARKER not in text:
         raise ValueError(f"{readme} has no {README_MARKER} line")
     head = text.split(README_MARKER)[0]
-    block = (f"{README_MARKER}\nLatest run (`bpgpu bench --quick --vs torch --update-readme`), "
+    block = (f"{README_MARKER}\nLatest run (`{command}`), "
              f"float32, one MNIST epoch per repeat, training metrics off on both sides:\n\n"
              f"{machine_lines(machine)}\n\n{markdown_table(rows)}\n\n"
              f"This run: [{markdown_path}]({markdown_path}); the full matrix: "
