@@ -71,14 +71,25 @@ def test_one_sgd_step_worked_by_hand(backend_name):
     delta1 = delta2 W2 * a1 (1 - a1) = (-0.0145143934, 0.0166296498)
     W2 -= lr a1ᵀ delta2; b2 -= lr delta2; W1 -= lr xᵀ delta1; b1 -= lr delta1
     """
-    net = bpgpu.MLP([2, 2, 1], activation="sigmoid", output="sigmoid", loss="mse",
-                    dtype="float64", backend=backend_name)
-    net.set_params([np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[0.5], [-0.6]])],
-                   [np.array([0.0, 0.1]), np.array([0.2])])
+    net = _worked_net(backend_name)
     X, Y = np.array([[1.0, 0.5]]), np.array([[1.0]])
     assert net.predict_proba(X)[0, 0] == pytest.approx(0.5268772303265844, abs=1e-12)
     assert net.loss(X, Y) == pytest.approx(0.11192257759172193, abs=1e-12)
     net.step(X, Y, lr=0.5)
+    _assert_worked_step(net)
+
+
+def _worked_net(backend_name):
+    """The 2-2-1 network of the hand-worked step, before the step."""
+    net = bpgpu.MLP([2, 2, 1], activation="sigmoid", output="sigmoid", loss="mse",
+                    dtype="float64", backend=backend_name)
+    net.set_params([np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[0.5], [-0.6]])],
+                   [np.array([0.0, 0.1]), np.array([0.2])])
+    return net
+
+
+def _assert_worked_step(net):
+    """The parameters after the hand-worked step (lr 0.5)."""
     W, b = net.get_params()
     np.testing.assert_allclose(W[0], [[0.10725719668934332, 0.19168517512144312],
                                       [0.30362859834467165, 0.3958425875607216]], atol=1e-12)
@@ -108,26 +119,30 @@ def test_momentum_training_matches_plain_reference(backend_name, dtype, mnist_da
     from bpgpu.optim import make_optimizer
     opt = make_optimizer("momentum", net.backend, net.n_params, net.dtype, lr=0.1, momentum=0.9,
                          weight_decay=1e-4, n_decay=net.n_weights)
-    X_dev = net.prepare_inputs(X)
-    T_dev = net.backend.asarray(net.targets_from(y, len(y)))
-    ws = net.workspace(64)
-    for i in idx:
-        net._load_batch(ws, X_dev, T_dev, net.backend.asarray(i))
-        net.forward(ws)
-        net.backward(ws)
-        opt.update(net._params, net._grads)
-    got = np.concatenate([a.ravel() for a in itertools.chain(*net.get_params())])
+    got = _engine_steps(net, X, y, idx, update=lambda: opt.update(net._params, net._grads))
     want = np.concatenate([a.ravel() for a in itertools.chain(W, b)])
     assert rel_norm(got, want) < (1e-5 if dtype == "float32" else 1e-12)
+
+
+def _engine_steps(net, X, y, batches, sgd=None, update=None):
+    """Drive the engine through ``batches`` (row-index arrays): gather, forward, backward (the SGD
+    step inside it when ``sgd`` is given), then ``update()``; return the flat parameters."""
+    X_dev = net.prepare_inputs(X)
+    T_dev = net.backend.asarray(net.targets_from(y, len(y)))
+    ws = net.workspace(len(batches[0]))
+    for i in batches:
+        net._load_batch(ws, X_dev, T_dev, net.backend.asarray(i))
+        net.forward(ws)
+        net.backward(ws, sgd=sgd)
+        if update is not None:
+            update()
+    return np.concatenate([a.ravel() for a in itertools.chain(*net.get_params())])
 
 
 def test_sgd_inside_backward_is_the_worked_step(backend_name):
     """``backward(sgd=(lr, wd))`` (the update inside the gradient GEMMs) lands on the same
     hand-worked weights as gradients-then-update, and leaves the gradient buffer alone."""
-    net = bpgpu.MLP([2, 2, 1], activation="sigmoid", output="sigmoid", loss="mse",
-                    dtype="float64", backend=backend_name)
-    net.set_params([np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[0.5], [-0.6]])],
-                   [np.array([0.0, 0.1]), np.array([0.2])])
+    net = _worked_net(backend_name)
     be = net.backend
     be.upload(np.full(net.n_params, 7.0), net._grads)
     ws = net.workspace(1)
@@ -135,12 +150,7 @@ def test_sgd_inside_backward_is_the_worked_step(backend_name):
     be.upload(np.array([[1.0]]), ws.y)
     net.forward(ws)
     net.backward(ws, sgd=(0.5, 0.0))
-    W, b = net.get_params()
-    np.testing.assert_allclose(W[0], [[0.10725719668934332, 0.19168517512144312],
-                                      [0.30362859834467165, 0.3958425875607216]], atol=1e-12)
-    np.testing.assert_allclose(b[0], [0.007257196689343313, 0.09168517512144313], atol=1e-12)
-    np.testing.assert_allclose(W[1], [[0.5331512433847245], [-0.5632939108033663]], atol=1e-12)
-    np.testing.assert_allclose(b[1], [0.2589694576925387], atol=1e-12)
+    _assert_worked_step(net)
     assert (be.to_host(net._grads) == 7.0).all()
 
 
@@ -158,13 +168,6 @@ def test_sgd_inside_backward_matches_plain_reference(backend_name, dtype, mnist_
         for l in range(3):
             W[l] -= 0.1 * (dW[l] + 1e-3 * W[l])
             b[l] -= 0.1 * db[l]
-    X_dev = net.prepare_inputs(X)
-    T_dev = net.backend.asarray(net.targets_from(y, len(y)))
-    ws = net.workspace(64)
-    for i in idx:
-        net._load_batch(ws, X_dev, T_dev, net.backend.asarray(i))
-        net.forward(ws)
-        net.backward(ws, sgd=(0.1, 1e-3))
-    got = np.concatenate([a.ravel() for a in itertools.chain(*net.get_params())])
+    got = _engine_steps(net, X, y, idx, sgd=(0.1, 1e-3))
     want = np.concatenate([a.ravel() for a in itertools.chain(W, b)])
     assert rel_norm(got, want) < (1e-5 if dtype == "float32" else 1e-12)
