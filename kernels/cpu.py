@@ -248,8 +248,9 @@ def count_correct(a, y):
 PREFETCH_AHEAD = 16
 
 
-def gather_scale(data, idx, out, scale, shift):
-    """out[i, :] = data[idx[i], :] * scale + shift (uint8 rows straight into the float batch)."""
+def gather(data, idx, out, scale, shift, scaled):
+    """out[i, :] = data[idx[i], :], times ``scale`` plus ``shift`` when ``scaled`` (uint8 rows
+    straight into the float batch); unscaled rows are copied exactly (-0.0 stays -0.0)."""
     rows, cols = out.shape
     for i in range(min(PREFETCH_AHEAD, rows)):
         prefetch_row(data, idx[i])
@@ -258,22 +259,12 @@ def gather_scale(data, idx, out, scale, shift):
             prefetch_row(data, idx[i + PREFETCH_AHEAD])
         src = data[idx[i]]
         dst = out[i]
-        for j in range(cols):
-            dst[j] = src[j] * scale + shift
-
-
-def gather(data, idx, out):
-    """out[i, :] = data[idx[i], :] (same dtype)."""
-    rows, cols = out.shape
-    for i in range(min(PREFETCH_AHEAD, rows)):
-        prefetch_row(data, idx[i])
-    for i in prange(rows):
-        if i + PREFETCH_AHEAD < rows:
-            prefetch_row(data, idx[i + PREFETCH_AHEAD])
-        src = data[idx[i]]
-        dst = out[i]
-        for j in range(cols):
-            dst[j] = src[j]
+        if scaled:
+            for j in range(cols):
+                dst[j] = src[j] * scale + shift
+        else:
+            for j in range(cols):
+                dst[j] = src[j]
 
 
 # ------------------------------------------------------------------------------ dropout
@@ -359,7 +350,7 @@ def adam_update(p, g, m, v, lr_t, b1, c1, b2, c2, eps, inv_bias2, wd, n_decay):
 #: name -> (serial, parallel) dispatchers
 KERNELS = {fn.__name__: _variants(fn) for fn in (
     add_bias, add_bias_relu, sigmoid_pre, sigmoid_post, softmax_pre, softmax_post,
-    activation_backward, output_delta, count_correct, gather_scale, gather, dropout_forward,
+    activation_backward, output_delta, count_correct, gather, dropout_forward,
     multiply_inplace)}
 for _fn in (column_sums, sgd_update, momentum_update, adam_update):   # serial by design
     KERNELS[_fn.__name__] = (njit(**_OPTIONS)(_fn),) * 2

@@ -253,13 +253,11 @@ class NumbaBackend(NumpyBackend):
         if not (out.dtype in _FLOATS and out.flags.c_contiguous and data.flags.c_contiguous
                 and data.ndim == 2):
             return super().gather_rows(data, idx, out, scale, shift)
-        if data.dtype == out.dtype:
-            self._kernel("gather", out.size)(data, idx, out)
-        elif data.dtype == np.uint8:
-            t = out.dtype.type
-            self._kernel("gather_scale", out.size)(data, idx, out, t(scale), t(shift))
-        else:
+        scaled = data.dtype == np.uint8
+        if not scaled and data.dtype != out.dtype:
             return super().gather_rows(data, idx, out, scale, shift)
+        t = out.dtype.type
+        self._kernel("gather", out.size)(data, idx, out, t(scale), t(shift), scaled)
         return out
 
     def dropout_forward(self, a, uniform, rate: float, mask, out):
