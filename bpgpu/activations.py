@@ -12,7 +12,7 @@ from __future__ import annotations
 from .errors import ConfigError
 
 __all__ = ["HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "LOSSES", "VALID_OUTPUT_LOSS",
-           "check_activation", "check_output_loss"]
+           "ACT_CODES", "LOSS_CODES", "check_activation", "check_output_loss"]
 
 #: Activations allowed on hidden layers.
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
@@ -26,6 +26,11 @@ VALID_OUTPUT_LOSS = {
     "bce": ("sigmoid",),
     "ce": ("softmax",),
 }
+
+#: The integer codes compiled kernels use for activations and losses: the ONE table that
+#: kernels/cpu.py, the cupy backend and kernels/fused.cu (as -D defines) all read.
+ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "softmax": 4}
+LOSS_CODES = {"mse": 0, "bce": 1, "ce": 2}
 
 
 def check_activation(name: str, *, output: bool = False) -> str:

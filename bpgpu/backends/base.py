@@ -25,7 +25,7 @@ OPS = (
     "empty", "zeros", "asarray", "to_host", "upload", "copy", "synchronize",
     "gemm", "bias_activation", "activation_backward", "output_delta", "column_sums",
     "loss_sum", "count_correct", "all_finite", "gather_rows",
-    "dropout_forward", "dropout_backward",
+    "random_uniform", "dropout_forward", "dropout_backward",
     "sgd_update", "momentum_update", "adam_update",
 )
 
@@ -355,6 +355,40 @@ class Backend:
         if shift:
             out += out.dtype.type(shift)
         return out
+
+    # ------------------------------------------------------------------ random numbers
+    def random_uniform(self, out, key, counter, offset: int = 0):
+        """Fill ``out`` with uniform [0, 1) float32 numbers from a counter-based Philox stream.
+
+        The stream is exactly numpy's ``Generator(Philox(key=key, counter=counter)).random(n,
+        dtype=float32)`` (Philox4x64-10; each 64-bit output gives two 32-bit words, low half
+        first; a float is ``(word >> 8) * 2**-24``), starting at element ``offset``. Element ``k``
+        of the stream depends only on (key, counter, k), so any backend can compute any part of it
+        on its own device without host state: every backend draws the same dropout masks, a
+        resumed run draws the ones it would have drawn, and a process of a data-parallel run can
+        draw just its rows of the global batch.
+
+        Parameters
+        ----------
+        out : array, float32, C-contiguous, any shape
+            Filled in C order with elements ``offset .. offset + out.size - 1`` of the stream.
+        key : (int, int)
+            The two 64-bit key words.
+        counter : (int, int, int, int)
+            The four 64-bit counter words; the first advances per block of 8 floats (with carry
+            into the next words), the others name the stream.
+        offset : int
+            Index of the stream element that lands in ``out``'s first entry.
+        """
+        skip, first = divmod(int(offset), 8)
+        words = [int(c) % (1 << 64) for c in counter]
+        total = sum(w << (64 * i) for i, w in enumerate(words)) + skip
+        words = [(total >> (64 * i)) & ((1 << 64) - 1) for i in range(4)]
+        bitgen = np.random.Philox(key=np.array([int(k) % (1 << 64) for k in key], np.uint64),
+                                  counter=np.array(words, np.uint64))
+        host = np.empty(first + out.size, np.float32)
+        np.random.Generator(bitgen).random(out=host, dtype=np.float32)
+        return self.upload(host[first:].reshape(out.shape), out)
 
     # ------------------------------------------------------------------ dropout
     def dropout_forward(self, a, uniform, rate: float, mask, out):
