@@ -144,7 +144,7 @@ def test_xor_and_moons():
     X, y = bpgpu.datasets.moons(201, 0.2, seed=1)
     assert X.shape == (201, 2) and np.bincount(y).tolist() == [100, 101]
     X2, _ = bpgpu.datasets.moons(201, 0.2, seed=1)
-    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(X, X2)   # exact: same seed, same calls
     clean, yc = bpgpu.datasets.moons(400, 0.0, seed=2)
     r0 = np.hypot(*clean[yc == 0].T)
     np.testing.assert_allclose(r0, 1.0)
@@ -174,7 +174,7 @@ def test_csv_graduate_admissions(tmp_path):
     assert data.feature_names[2:] == [f"rank={r}" for r in "1234"]
     np.testing.assert_allclose(data.X_train[:, :2].mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(data.X_train[:, :2].std(axis=0), 1)
-    assert set(data.X_train[:, 2:].sum(axis=1)) == {1.0}
+    assert set(data.X_train[:, 2:].sum(axis=1)) == {1.0}   # exact: zeros and one 1.0 per row
 
 
 def test_csv_errors(tmp_path):

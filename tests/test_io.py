@@ -23,9 +23,11 @@ def test_round_trip_every_backend(backend_name, dtype, tmp_path):
         assert back.config() == net.config() and back.backend.name == target
         for a, b in zip(back.get_params()[0] + back.get_params()[1],
                         net.get_params()[0] + net.get_params()[1]):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, b)   # exact: stored and read back, no math
         X = np.random.default_rng(0).normal(size=(4, 6))
-        if target == backend_name:   # same kernels: same bits; across backends: same to rounding
+        # same backend: same calls on the same shapes and thread count -> same bits;
+        # across backends: same to rounding
+        if target == backend_name:
             np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
         else:
             np.testing.assert_allclose(back.predict_proba(X), net.predict_proba(X), **TOL[dtype])

@@ -39,6 +39,7 @@ def test_matches_plain_mlp_exactly(backend_name):
     net.fit(X, y, epochs=20, batch_size=16, optimizer="adam", lr=0.01)
     for a, b in zip(clf.coefs_ + clf.intercepts_, net.get_params()[0] + net.get_params()[1]):
         np.testing.assert_array_equal(a, b)
+    # exact: the estimator drives the same MLP through the same calls on the same shapes and backend
     np.testing.assert_array_equal(clf.predict_proba(X), net.predict_proba(X))
 
 
@@ -50,7 +51,7 @@ def test_pipeline_grid_search_and_pickle():
     grid.fit(X, y)
     assert grid.best_score_ > 0.85
     clone = pickle.loads(pickle.dumps(grid.best_estimator_))
-    np.testing.assert_array_equal(clone.predict(X), grid.predict(X))
+    np.testing.assert_array_equal(clone.predict(X), grid.predict(X))   # labels, same weights
 
 
 def test_partial_fit_and_string_labels():
