@@ -10,6 +10,7 @@ import pytest
 
 import bpgpu
 from bpgpu.backends import available_backends
+from bpgpu.optim import make_optimizer
 
 BACKENDS = [pytest.param(b.name, marks=[pytest.mark.skip(reason=b.reason)] if not b.available
                          else [], id=b.name) for b in available_backends()]
@@ -24,6 +25,7 @@ def _stepper(backend, sizes, batch, dtype, X, y):
     T_dev = be.asarray(net.targets_from(y, len(y)))
     order = be.asarray(np.random.default_rng(0).permutation(len(X)))
     ws = net.workspace(batch)
+    opt = make_optimizer("sgd", be, net.n_params, net.dtype, lr=0.1)
     position = [0]
 
     def step():
@@ -31,10 +33,7 @@ def _stepper(backend, sizes, batch, dtype, X, y):
         if start + batch > len(X):
             start = 0
         position[0] = start + batch
-        net._load_batch(ws, X_dev, T_dev, order[start:start + batch])
-        net.forward(ws)
-        net.backward(ws)
-        be.sgd_update(net._params, net._grads, 0.1)
+        net.train_step(ws, X_dev, T_dev, order[start:start + batch], opt)
         be.synchronize()
 
     return net, step

@@ -47,7 +47,7 @@ def gradcheck_layers(net, X, Y, eps=1e-6, max_per_layer=None, seed=0):
     dW, db = probe.gradients(X, Y)
     dW, db = [g.copy() for g in dW], [g.copy() for g in db]
     rng = np.random.default_rng(seed)
-    flat = probe._params
+    flat = probe.params
     host = probe.backend.to_host(flat)
     offsets_w, offsets_b, off = [], [], 0
     for w in weights:

@@ -20,47 +20,65 @@ from .backends import get_backend
 from .errors import ConfigError, DataError
 from .init import init_params
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "stream_key", "dropout_counter"]
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _EVAL_CHUNK = 8192  # rows per forward pass at inference: bounds workspace memory
 
 
-class _Workspace:
-    """Device buffers for a batch of up to ``rows`` samples.
+#: Last word of every dropout stream's Philox counter (ASCII "dropout"): names the purpose, so a
+#: stream drawn for something else under the same key never coincides with a dropout stream.
+DROPOUT_STREAM = int.from_bytes(b"dropout", "little")
 
-    ``a[l]`` is layer l's output (``a[0]`` the input batch), ``inp[l]`` what feeds layer l+1
-    (``a[l]`` itself, or its dropped-out copy), ``d[l]`` the delta of layer l, ``y`` the targets.
+
+def stream_key(seed):
+    """The two 64-bit Philox key words of a model with this ``seed`` (a child of the seed's
+    SeedSequence, independent of the host generator that draws weights and permutations)."""
+    words = np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(2, np.uint64)
+    return int(words[0]), int(words[1])
+
+
+def dropout_counter(step, layer):
+    """Philox counter of the dropout stream of training step ``step`` and hidden ``layer``."""
+    return 0, int(step), int(layer), DROPOUT_STREAM
+
+
+class _Workspace:
+    """Device buffers for a training or inference batch of up to ``rows`` samples.
+
+    ``a[l]`` is layer l's output (``a[0]`` the input batch), ``inp[l]`` what feeds layer l+1 in
+    training (``a[l]`` itself, or its dropped-out copy), ``d[l]`` the delta of layer l, ``y`` the
+    targets. ``dropout`` is the inverted-dropout rate of the hidden layers in training steps run
+    on this workspace (0: none; inference never drops). Its masks and uniforms exist only then.
     """
 
     def __init__(self, backend, sizes, rows, dtype, dropout):
         self.rows = rows
+        self.dropout = float(dropout)
         self.a = [backend.empty((rows, n), dtype) for n in sizes]
         self.d = [None] + [backend.empty((rows, n), dtype) for n in sizes[1:]]
         self.y = backend.empty((rows, sizes[-1]), dtype)
         self.inp = list(self.a)
-        self.mask, self.uniform, self.uniform_host = {}, {}, {}
-        if dropout:
+        self.mask, self.uniform = {}, {}
+        if self.dropout:
             for l in range(1, len(sizes) - 1):  # hidden layers only
                 shape = (rows, sizes[l])
                 self.inp[l] = backend.empty(shape, dtype)
                 self.mask[l] = backend.empty(shape, dtype)
                 self.uniform[l] = backend.empty(shape, np.float32)
-                self.uniform_host[l] = np.empty(shape, np.float32)
 
     def view(self, n):
         """A workspace over the first ``n`` rows (row slices of C arrays stay contiguous)."""
         if n == self.rows:
             return self
         v = object.__new__(_Workspace)
-        v.rows = n
+        v.rows, v.dropout = n, self.dropout
         v.a = [x[:n] for x in self.a]
         v.d = [None] + [x[:n] for x in self.d[1:]]
         v.y = self.y[:n]
         v.inp = [x[:n] for x in self.inp]
         v.mask = {k: x[:n] for k, x in self.mask.items()}
         v.uniform = {k: x[:n] for k, x in self.uniform.items()}
-        v.uniform_host = {k: x[:n] for k, x in self.uniform_host.items()}
         return v
 
 
@@ -110,15 +128,23 @@ class MLP:
         self.input_scale, self.input_shift = float(input_scale), float(input_shift)
         self.backend = get_backend(backend)
         self.rng = np.random.default_rng(seed)
+        #: Key of the counter-based (Philox) streams the device draws dropout masks from; a
+        #: stream is named by (training step, layer), so no host state is needed to draw it.
+        self.stream_key = stream_key(seed)
+        #: Training steps taken so far (names the dropout streams of the next step).
+        self.steps = 0
 
         # flat layout: all weights, then all biases
         n_w = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
         self.n_weights = sum(n_w)
         self.n_params = self.n_weights + sum(sizes[1:])
-        self._params = self.backend.zeros((self.n_params,), self.dtype)
-        self._grads = self.backend.zeros((self.n_params,), self.dtype)
-        self.W, self.b = self._views(self._params)
-        self.dW, self.db = self._views(self._grads)
+        #: The flat device buffer of every parameter (weights first, then biases); ``W``/``b``
+        #: are views into it. Optimizers update it in place.
+        self.params = self.backend.zeros((self.n_params,), self.dtype)
+        #: The flat gradient buffer, same layout (``dW``/``db`` are views).
+        self.grads = self.backend.zeros((self.n_params,), self.dtype)
+        self.W, self.b = self._views(self.params)
+        self.dW, self.db = self._views(self.grads)
         self._workspaces: dict = {}
         self.set_params(*init_params(self.rng, sizes, init))
 
@@ -146,7 +172,7 @@ class MLP:
         weights : list of ndarray, shapes (n_{l-1}, n_l)
         biases : list of ndarray, shapes (n_l,)
         """
-        flat = self.backend.to_host(self._params)
+        flat = self.backend.to_host(self.params)
         return self._views(flat)
 
     def set_params(self, weights, biases):
@@ -165,7 +191,16 @@ class MLP:
             hb[l][...] = b
         if not np.all(np.isfinite(flat)):
             raise ConfigError("parameters contain NaN or inf")
-        self.backend.upload(flat, self._params)
+        self.backend.upload(flat, self.params)
+
+    def resident_bytes(self) -> int:
+        """Bytes this model keeps on its device: parameters, gradients and cached workspaces."""
+        total = self.params.nbytes + self.grads.nbytes
+        for ws in self._workspaces.values():
+            arrays = ws.a + ws.d[1:] + [ws.y] + list(ws.mask.values()) + list(ws.uniform.values())
+            total += sum(a.nbytes for a in arrays)
+            total += sum(a.nbytes for l, a in enumerate(ws.inp) if a is not ws.a[l])
+        return total
 
     def config(self) -> dict:
         """The constructor arguments that rebuild this architecture (saved with the model)."""
@@ -242,10 +277,11 @@ class MLP:
             raise DataError("targets contain NaN or inf")
         return y
 
-    # ------------------------------------------------------------------ forward and backward
-    def workspace(self, rows, dropout=False):
-        """The (cached) workspace for batches of up to ``rows`` samples."""
-        key = (rows, bool(dropout))
+    # ------------------------------------------------------------------ the training step
+    def workspace(self, rows, dropout=0.0):
+        """The (cached) workspace for batches of up to ``rows`` samples, training with inverted
+        dropout at rate ``dropout`` on the hidden layers (0 for none, and for inference)."""
+        key = (rows, float(dropout))
         ws = self._workspaces.get(key)
         if ws is None:
             if len(self._workspaces) >= 6:  # a bound, not a cache policy: evict the oldest
@@ -254,67 +290,110 @@ class MLP:
                                                     dropout)
         return ws
 
-    def forward(self, ws, dropout=0.0):
-        """Forward pass from ``ws.a[0]``; leaves every layer's output in ``ws.a``.
+    def train_step(self, ws, X_dev, T_dev, idx, optimizer=None, *, metrics=None,
+                   count_correct=False, gradient_hook=None, row_offset=0):
+        """One training step on rows ``idx`` of device-resident data.
 
-        With ``dropout > 0`` (training only), hidden outputs are dropped with masks drawn from
-        the model's generator on the host.
-        """
-        be = self.backend
-        L = self.n_layers
-        for l in range(1, L + 1):
-            be.gemm(ws.inp[l - 1], self.W[l - 1], out=ws.a[l])
-            be.bias_activation(ws.a[l], self.b[l - 1], self.activations[l - 1])
-            if dropout and l < L:
-                self.rng.random(out=ws.uniform_host[l], dtype=np.float32)
-                be.upload(ws.uniform_host[l], ws.uniform[l])
-                be.dropout_forward(ws.a[l], ws.uniform[l], dropout, ws.mask[l], out=ws.inp[l])
-        return ws.a[L]
-
-    def backward(self, ws, dropout=0.0, loss_acc=None, sgd=None):
-        """Backward pass after :meth:`forward`: fills the flat gradient buffer from ``ws``.
+        This is the only place the step's sequence is written -- gather, forward (with the
+        workspace's dropout), output delta, backward, update -- and everything that trains
+        (:func:`bpgpu.train.fit`, :meth:`step`, :meth:`gradients`, the benchmarks) calls it.
 
         Parameters
         ----------
         ws : workspace
-            ``ws.y`` holds the targets.
-        dropout : float
-            The rate :meth:`forward` used (its masks are applied to the deltas).
+            From :meth:`workspace` (or a :meth:`view` of one) with exactly ``len(idx)`` rows.
+        X_dev : device array, shape (N, n_0), uint8 or the model's dtype
+        T_dev : device array, shape (N, n_out), the model's dtype
+            Targets (one-hot rows for classification), from :meth:`targets_from`.
+        idx : device int64 array, shape (B,)
+            The rows of this batch.
+        optimizer : optimizer from :func:`bpgpu.optim.make_optimizer`, optional
+            Applied after the backward pass (or inside the gradient GEMMs when its
+            :meth:`~bpgpu.optim.SGD.fused_sgd` says so). None: compute the gradients only.
+        metrics : device float64 array, shape (2,), optional
+            ``[loss sum, correct count]`` accumulators: the batch's summed loss is added to
+            ``metrics[0]`` (and with ``count_correct`` its correct predictions to ``metrics[1]``)
+            on the device, in the same passes.
+        count_correct : bool
+        gradient_hook : callable(flat_grads), optional
+            Called with the flat gradient buffer between the backward pass and the update (a
+            data-parallel run sums it across processes there). It needs the gradients, so the
+            update is never fused into the GEMMs then.
+        row_offset : int
+            Row of this batch within the global batch of a data-parallel step: names the rows of
+            the dropout streams this process draws (0 for a single process).
+        """
+        be = self.backend
+        be.gather_rows(X_dev, idx, ws.a[0], self.input_scale, self.input_shift)
+        be.gather_rows(T_dev, idx, ws.y)
+        self.forward(ws, training=True, row_offset=row_offset)
+        if count_correct:
+            be.count_correct(ws.a[-1], ws.y, metrics[1:2])
+        fused = None
+        if optimizer is not None and gradient_hook is None:
+            fused = optimizer.fused_sgd()
+        self.backward(ws, loss_acc=None if metrics is None else metrics[0:1], sgd=fused)
+        if optimizer is not None:
+            if gradient_hook is not None:
+                gradient_hook(self.grads)
+            if fused is None:
+                optimizer.update(self.params, self.grads)
+            self.steps += 1
+
+    def forward(self, ws, training=False, row_offset=0):
+        """Forward pass from ``ws.a[0]``; leaves every layer's output in ``ws.a``.
+
+        With ``training`` and a dropout workspace, hidden outputs are dropped with masks drawn
+        on the device from the stream of (this step, layer); inference never drops.
+        """
+        be = self.backend
+        L = self.n_layers
+        drop = training and ws.dropout > 0
+        src = ws.inp if drop else ws.a
+        for l in range(1, L + 1):
+            be.gemm(src[l - 1], self.W[l - 1], out=ws.a[l])
+            be.bias_activation(ws.a[l], self.b[l - 1], self.activations[l - 1])
+            if drop and l < L:
+                be.random_uniform(ws.uniform[l], self.stream_key, dropout_counter(self.steps, l),
+                                  row_offset * self.sizes[l])
+                be.dropout_forward(ws.a[l], ws.uniform[l], ws.dropout, ws.mask[l], out=ws.inp[l])
+        return ws.a[L]
+
+    def backward(self, ws, loss_acc=None, sgd=None):
+        """Backward pass after a training :meth:`forward`: fills the flat gradient buffer.
+
+        Parameters
+        ----------
+        ws : workspace
+            ``ws.y`` holds the targets; its dropout masks (if any) are applied to the deltas.
         loss_acc : device float64 array, shape (1,), optional
             The batch's summed loss is added to it in the same pass.
         sgd : (lr, weight_decay), optional
             Apply plain SGD to the parameters inside the gradient GEMMs instead of writing the
             gradients: ``W = (1 - lr * wd) * W - lr * inp.T @ d`` and ``b -= lr * sum(d)``, one
-            BLAS call per parameter array (``fit`` passes it when the backend
-            :meth:`~bpgpu.backends.base.Backend.fuses_sgd`). The gradient buffer is then left
-            untouched. Each layer's deltas for the layer below are computed first, with the
-            weights not yet updated.
+            BLAS call per parameter array (what :meth:`~bpgpu.optim.SGD.fused_sgd` returns where
+            the backend fuses). The gradient buffer is then left untouched. Each layer's deltas
+            for the layer below are computed first, with the weights not yet updated.
         """
         be = self.backend
         L = self.n_layers
+        drop = ws.dropout > 0
+        src = ws.inp if drop else ws.a
+        if sgd is None:                    # gradients: dW = inp.T @ d, db = column sums of d
+            w_out, b_out, alpha, w_beta, b_beta = self.dW, self.db, 1.0, 0.0, 0.0
+        else:                              # the update itself, through BLAS's alpha and beta
+            lr, weight_decay = sgd
+            w_out, b_out, alpha, w_beta, b_beta = self.W, self.b, -lr, 1.0 - lr * weight_decay, 1.0
         be.output_delta(ws.a[L], ws.y, ws.d[L], self.output, self.loss_name, loss_acc)
         for l in range(L, 0, -1):
             if l > 1:
                 be.gemm(ws.d[l], self.W[l - 1], out=ws.d[l - 1], trans_b=True)
-            if sgd is None:
-                be.gemm(ws.inp[l - 1], ws.d[l], out=self.dW[l - 1], trans_a=True)
-                be.column_sums(ws.d[l], out=self.db[l - 1])
-            else:
-                lr, weight_decay = sgd
-                be.gemm(ws.inp[l - 1], ws.d[l], out=self.W[l - 1], trans_a=True, alpha=-lr,
-                        beta=1.0 - lr * weight_decay)
-                be.column_sums(ws.d[l], out=self.b[l - 1], alpha=-lr, beta=1.0)
+            be.gemm(src[l - 1], ws.d[l], out=w_out[l - 1], trans_a=True, alpha=alpha, beta=w_beta)
+            be.column_sums(ws.d[l], out=b_out[l - 1], alpha=alpha, beta=b_beta)
             if l > 1:
-                if dropout:
+                if drop:
                     be.dropout_backward(ws.d[l - 1], ws.mask[l - 1])
                 be.activation_backward(ws.d[l - 1], ws.a[l - 1], self.activations[l - 2])
-
-    def _load_batch(self, ws, X_dev, T_dev, idx):
-        """Gather rows ``idx`` of the device-resident data into the workspace."""
-        be = self.backend
-        be.gather_rows(X_dev, idx, ws.a[0], self.input_scale, self.input_shift)
-        if T_dev is not None:
-            be.gather_rows(T_dev, idx, ws.y)
 
     def _set_batch(self, ws, X_dev, T_dev, start, stop):
         """Copy contiguous rows ``start:stop`` of the device data into the workspace."""
@@ -354,7 +433,7 @@ class MLP:
             return (p[:, 0] >= 0.5).astype(np.int64)
         return p.argmax(axis=1)
 
-    def _metrics(self, X_dev, T_dev):
+    def metrics_on_device(self, X_dev, T_dev):
         """Mean loss and accuracy over device-resident data, read from the device once."""
         be = self.backend
         acc = be.zeros((2,), np.float64)
@@ -375,19 +454,19 @@ class MLP:
         """
         X_dev = self.prepare_inputs(X)
         T_dev = self.backend.asarray(self.targets_from(y, X_dev.shape[0]))
-        loss, accuracy = self._metrics(X_dev, T_dev)
+        loss, accuracy = self.metrics_on_device(X_dev, T_dev)
         return {"loss": loss, "accuracy": accuracy}
 
     def loss(self, X, Y) -> float:
         """Mean loss over the samples of ``(X, Y)`` (float)."""
         return self.evaluate(X, Y)["loss"]
 
-    def _full_batch(self, X, Y):
+    def _whole_batch(self, X, Y):
+        """``(workspace, X_dev, T_dev, idx)`` for one step on all of ``(X, Y)``."""
         X_dev = self.prepare_inputs(X)
         T_dev = self.backend.asarray(self.targets_from(Y, X_dev.shape[0]))
-        ws = self.workspace(X_dev.shape[0])
-        self._set_batch(ws, X_dev, T_dev, 0, X_dev.shape[0])
-        return ws
+        idx = self.backend.asarray(np.arange(X_dev.shape[0]))
+        return self.workspace(X_dev.shape[0]), X_dev, T_dev, idx
 
     def gradients(self, X, Y):
         """Gradient of the mean loss over the batch ``(X, Y)``.
@@ -397,17 +476,14 @@ class MLP:
         dW : list of ndarray, shapes (n_{l-1}, n_l), host copies
         db : list of ndarray, shapes (n_l,)
         """
-        ws = self._full_batch(X, Y)
-        self.forward(ws)
-        self.backward(ws)
-        return self._views(self.backend.to_host(self._grads))
+        self.train_step(*self._whole_batch(X, Y))
+        return self._views(self.backend.to_host(self.grads))
 
     def step(self, X, Y, lr=0.1):
         """One plain SGD step on the batch ``(X, Y)``: ``W -= lr * dL/dW`` (and biases)."""
-        ws = self._full_batch(X, Y)
-        self.forward(ws)
-        self.backward(ws)
-        self.backend.sgd_update(self._params, self._grads, float(lr))
+        from .optim import make_optimizer
+        opt = make_optimizer("sgd", self.backend, self.n_params, self.dtype, lr=lr)
+        self.train_step(*self._whole_batch(X, Y), opt)
 
     # ------------------------------------------------------------------ training and files
     def fit(self, X, y, **kwargs):

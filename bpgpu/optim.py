@@ -19,18 +19,22 @@ class SGD:
     """Plain stochastic gradient descent: ``p -= lr * (g + wd * p)``."""
 
     def __init__(self, backend, n_params, dtype, *, lr, weight_decay=0.0, n_decay=0):
-        self.backend, self.lr = backend, float(lr)
+        self.backend, self.dtype, self.lr = backend, dtype, float(lr)
         self.weight_decay, self.n_decay = float(weight_decay), int(n_decay)
 
     def update(self, params, grads):
         """Apply one update to ``params`` (shape (P,)) in place; ``grads`` may be overwritten."""
         self.backend.sgd_update(params, grads, self.lr, self.weight_decay, self.n_decay)
 
-    def fused_step(self):
-        """``(lr, weight_decay)`` when this update can run inside the gradient GEMMs
-        (:meth:`bpgpu.MLP.backward`'s ``sgd``), else None. Plain SGD only: it needs nothing but
-        the gradient, and its weight decay covers exactly the weights."""
-        return self.lr, self.weight_decay
+    def fused_sgd(self):
+        """``(lr, weight_decay)`` when this update runs inside the gradient GEMMs
+        (:meth:`bpgpu.MLP.backward`'s ``sgd``), else None: the one place that decides. Plain SGD
+        only (it needs nothing but the gradient, and its weight decay covers exactly the
+        weights), and only where the backend applies BLAS's alpha and beta in the same call
+        (:meth:`~bpgpu.backends.base.Backend.fuses_sgd`), so fusing saves a pass."""
+        if self.backend.fuses_sgd(self.dtype):
+            return self.lr, self.weight_decay
+        return None
 
 
 class Momentum(SGD):
@@ -43,7 +47,7 @@ class Momentum(SGD):
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.velocity = backend.zeros((n_params,), dtype)
 
-    def fused_step(self):
+    def fused_sgd(self):
         """None: the velocity needs the gradient itself."""
         return None
 
@@ -62,7 +66,7 @@ class Adam(SGD):
         self.v = backend.zeros((n_params,), dtype)
         self.t = 0
 
-    def fused_step(self):
+    def fused_sgd(self):
         """None: the moments need the gradient itself."""
         return None
 

@@ -92,6 +92,20 @@ def _progress_bar(enabled, total, desc):
                      dynamic_ncols=True)
 
 
+def _check_options(epochs, batch_size, dropout, early_stopping):
+    epochs, batch_size = int(epochs), int(batch_size)
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    if early_stopping is not None and early_stopping is not False and int(early_stopping) < 1:
+        raise ConfigError(f"early_stopping patience must be >= 1, got {early_stopping}")
+    patience = int(early_stopping) if early_stopping not in (None, False) else None
+    return epochs, batch_size, patience
+
+
 def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9,
         weight_decay=0.0, dropout=0.0, validation_data=None, validation_split=None,
         early_stopping=None, shuffle=True, train_metrics=True, progress=False, on_epoch=None):
@@ -110,7 +124,8 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     lr, momentum, weight_decay : float
         ``weight_decay`` is the L2 coefficient added to the weights' gradient.
     dropout : float
-        Inverted-dropout rate on hidden layers during training, in [0, 1).
+        Inverted-dropout rate on hidden layers during training, in [0, 1). The masks come from
+        counter-based streams named by (training step, layer), drawn on the device.
     validation_data : (X_val, y_val), optional
     validation_split : float, optional
         Fraction of ``(X, y)`` held out (drawn from the model's generator) when no
@@ -133,18 +148,7 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     -------
     History
     """
-    be = model.backend
-    epochs, batch_size = int(epochs), int(batch_size)
-    if epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-    if early_stopping is not None and early_stopping is not False and int(early_stopping) < 1:
-        raise ConfigError(f"early_stopping patience must be >= 1, got {early_stopping}")
-    patience = int(early_stopping) if early_stopping not in (None, False) else None
-
+    epochs, batch_size, patience = _check_options(epochs, batch_size, dropout, early_stopping)
     X = np.asarray(X)
     y = np.asarray(y)
     if X.ndim < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
@@ -152,100 +156,126 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
                         f"{y.shape}")
     if validation_data is None and (validation_split or patience):
         X, y, validation_data = _split_validation(model.rng, X, y, validation_split or 0.1)
+    opt = make_optimizer(optimizer, model.backend, model.n_params, model.dtype, lr=lr,
+                         momentum=momentum, weight_decay=weight_decay, n_decay=model.n_weights)
+    run = _Run(model, X, y, validation_data, opt, batch_size=batch_size, dropout=dropout,
+               patience=patience, shuffle=shuffle, train_metrics=train_metrics)
+    return run.train(epochs, progress=progress, on_epoch=on_epoch)
 
-    X_dev = model.prepare_inputs(X)
-    T_dev = be.asarray(model.targets_from(y, X_dev.shape[0]))
-    n = X_dev.shape[0]
-    val = None
-    if validation_data is not None:
-        Xv, yv = validation_data
-        Xv_dev = model.prepare_inputs(Xv)
-        val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
-    classify = model.output == "softmax" or np.asarray(y).dtype.kind in "iub"
-    count_correct = classify and train_metrics
 
-    opt = make_optimizer(optimizer, be, model.n_params, model.dtype, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, n_decay=model.n_weights)
-    # plain SGD inside the gradient GEMMs where the backend does that in one call (same math)
-    fused_sgd = opt.fused_step() if be.fuses_sgd(model.dtype) else None
-    batch = min(batch_size, n)
-    ws_full = model.workspace(batch, dropout=dropout > 0)
-    acc = be.zeros((2,), np.float64)                 # [loss sum, correct count] of the epoch
-    last_good = be.empty((model.n_params,), model.dtype)
-    be.copy(model._params, last_good)
-    best = be.empty((model.n_params,), model.dtype) if patience else None
-    best_val, since_best = math.inf, 0
-    history = History(backend=be.name)
-    order_host = np.arange(n)
-    n_batches = -(-n // batch)
+class _Run:
+    """One call of :func:`fit`: the data on the device, the optimizer, and the state that changes
+    from epoch to epoch (history, early-stopping state, the last good and best parameters)."""
 
-    # A diverging run overflows on the way to NaN; that is detected and reported below, so
-    # numpy's per-op floating-point warnings would only be noise.
-    with be.compute_threads(batch), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            if shuffle:
-                order_host = model.rng.permutation(n)
-            order = be.asarray(order_host)
-            acc[...] = 0
-            bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
-            for start in range(0, n, batch):
-                stop = min(start + batch, n)
-                ws = ws_full.view(stop - start)
-                model._load_batch(ws, X_dev, T_dev, order[start:stop])
-                model.forward(ws, dropout)
-                if count_correct:
-                    be.count_correct(ws.a[-1], ws.y, acc[1:2])
-                model.backward(ws, dropout, loss_acc=acc[0:1] if train_metrics else None,
-                               sgd=fused_sgd)
-                if fused_sgd is None:
-                    opt.update(model._params, model._grads)
-                if bar is not None:
-                    bar.update(1)
+    def __init__(self, model, X, y, validation_data, opt, *, batch_size, dropout, patience,
+                 shuffle, train_metrics):
+        self.model, self.opt = model, opt
+        be = self.be = model.backend
+        self.X_dev = model.prepare_inputs(X)
+        self.T_dev = be.asarray(model.targets_from(y, self.X_dev.shape[0]))
+        self.n = self.X_dev.shape[0]
+        self.val = None
+        if validation_data is not None:
+            Xv, yv = validation_data
+            Xv_dev = model.prepare_inputs(Xv)
+            self.val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
+        self.classify = model.output == "softmax" or np.asarray(y).dtype.kind in "iub"
+        self.train_metrics = train_metrics
+        self.count_correct = self.classify and train_metrics
+        self.shuffle, self.patience = shuffle, patience
+        self.batch = min(batch_size, self.n)
+        self.ws = model.workspace(self.batch, dropout=dropout)
+        self.metrics = be.zeros((2,), np.float64)    # [loss sum, correct count] of the epoch
+        self.last_good = be.empty((model.n_params,), model.dtype)
+        be.copy(model.params, self.last_good)
+        self.best = be.empty((model.n_params,), model.dtype) if patience else None
+        self.best_val, self.since_best = math.inf, 0
+        self.history = History(backend=be.name)
+        self.epoch = 0                                # epochs completed
+
+    def run_epoch(self, order, bar=None):
+        """Every step of one epoch, in the order of the device index array ``order``."""
+        model, ws, batch = self.model, self.ws, self.batch
+        metrics = self.metrics if self.train_metrics else None
+        for start in range(0, self.n, batch):
+            stop = min(start + batch, self.n)
+            model.train_step(ws.view(stop - start), self.X_dev, self.T_dev, order[start:stop],
+                             self.opt, metrics=metrics, count_correct=self.count_correct)
             if bar is not None:
-                bar.close()
-            loss_sum, correct = be.to_host(acc)       # the epoch's one read from the device
-            loss = float(loss_sum) / n if train_metrics else None
-            finite = (not train_metrics or math.isfinite(loss)) and be.all_finite(model._params)
-            if not finite:
-                be.copy(last_good, model._params)
-                history.diverged = True
-                what = (f"training loss became {loss}" if train_metrics and not math.isfinite(loss)
-                        else "parameters became NaN/inf")
-                history.stop_reason = (f"diverged: {what} in epoch {epoch} "
-                                       f"(lower the learning rate); kept the weights of epoch "
-                                       f"{epoch - 1}")
-                warnings.warn(history.stop_reason, TrainingDiverged, stacklevel=3)
-                break
-            history.epoch.append(epoch)
-            history.loss.append(loss)
-            history.accuracy.append(float(correct) / n if count_correct else None)
-            history.loss_increased.append(train_metrics and len(history.loss) > 1
-                                          and loss > history.loss[-2])
-            if val is not None:
-                vl, va = model._metrics(*val)
-                history.val_loss.append(vl)
-                history.val_accuracy.append(va if classify else None)
-            be.synchronize()
-            history.time.append(time.perf_counter() - t0)
-            be.copy(model._params, last_good)
-            if progress:
-                print(history.epoch_line(), file=sys.stderr, flush=True)
-            if on_epoch is not None and on_epoch(history):
-                history.stop_reason = f"stopped by callback after epoch {epoch}"
-                break
-            if patience:
-                vl = history.val_loss[-1]
-                if vl < best_val:
-                    best_val, since_best, history.best_epoch = vl, 0, epoch
-                    be.copy(model._params, best)
-                else:
-                    since_best += 1
-                    if since_best >= patience:
-                        history.stop_reason = (f"early stopping: no validation improvement for "
-                                               f"{patience} epochs; restored epoch "
-                                               f"{history.best_epoch}")
-                        break
-    if patience and history.best_epoch is not None:
-        be.copy(best, model._params)
-    return history
+                bar.update(1)
+
+    def train(self, epochs, *, progress=False, on_epoch=None):
+        """Run epochs ``self.epoch + 1 .. epochs``; return the History."""
+        model, be, history, n = self.model, self.be, self.history, self.n
+        order_host = np.arange(n)
+        n_batches = -(-n // self.batch)
+        # A diverging run overflows on the way to NaN; that is detected and reported below, so
+        # numpy's per-op floating-point warnings would only be noise.
+        with be.compute_threads(self.batch), np.errstate(over="ignore", invalid="ignore",
+                                                         divide="ignore"):
+            while self.epoch < epochs:
+                epoch = self.epoch + 1
+                t0 = time.perf_counter()
+                if self.shuffle:
+                    order_host = model.rng.permutation(n)
+                self.metrics[...] = 0
+                bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
+                try:
+                    self.run_epoch(be.asarray(order_host), bar)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if not self._end_epoch(epoch, t0, progress, on_epoch):
+                    break
+        if self.patience and history.best_epoch is not None:
+            be.copy(self.best, model.params)
+        return history
+
+    def _end_epoch(self, epoch, t0, progress, on_epoch) -> bool:
+        """Record epoch ``epoch``; False when training stops here."""
+        model, be, history, n = self.model, self.be, self.history, self.n
+        loss_sum, correct = be.to_host(self.metrics)       # the epoch's one read from the device
+        loss = float(loss_sum) / n if self.train_metrics else None
+        finite = ((not self.train_metrics or math.isfinite(loss))
+                  and be.all_finite(model.params))
+        if not finite:
+            be.copy(self.last_good, model.params)
+            history.diverged = True
+            what = (f"training loss became {loss}"
+                    if self.train_metrics and not math.isfinite(loss)
+                    else "parameters became NaN/inf")
+            history.stop_reason = (f"diverged: {what} in epoch {epoch} (lower the learning "
+                                   f"rate); kept the weights of epoch {epoch - 1}")
+            warnings.warn(history.stop_reason, TrainingDiverged, stacklevel=5)
+            return False
+        self.epoch = epoch
+        history.epoch.append(epoch)
+        history.loss.append(loss)
+        history.accuracy.append(float(correct) / n if self.count_correct else None)
+        history.loss_increased.append(self.train_metrics and len(history.loss) > 1
+                                      and loss > history.loss[-2])
+        if self.val is not None:
+            vl, va = model.metrics_on_device(*self.val)
+            history.val_loss.append(vl)
+            history.val_accuracy.append(va if self.classify else None)
+        be.synchronize()
+        history.time.append(time.perf_counter() - t0)
+        be.copy(model.params, self.last_good)
+        if progress:
+            print(history.epoch_line(), file=sys.stderr, flush=True)
+        if on_epoch is not None and on_epoch(history):
+            history.stop_reason = f"stopped by callback after epoch {epoch}"
+            return False
+        if self.patience:
+            vl = history.val_loss[-1]
+            if vl < self.best_val:
+                self.best_val, self.since_best, history.best_epoch = vl, 0, epoch
+                be.copy(model.params, self.best)
+            else:
+                self.since_best += 1
+                if self.since_best >= self.patience:
+                    history.stop_reason = (f"early stopping: no validation improvement for "
+                                           f"{self.patience} epochs; restored epoch "
+                                           f"{history.best_epoch}")
+                    return False
+        return True

@@ -12,7 +12,8 @@ tanh and softmax is therefore numpy's own ufunc, between two fused Numba passes 
 composes them) -- which also makes those values bit-identical to the numpy backend's. No
 ``fastmath``: results must match numpy to the dtype's rounding (the parity tests check it).
 
-Activation codes: 0 identity, 1 sigmoid, 2 tanh, 3 relu, 4 softmax. Loss codes: 0 mse, 1 bce, 2 ce.
+Activation and loss codes are :data:`bpgpu.activations.ACT_CODES` / ``LOSS_CODES`` (the one table
+the CUDA kernels share); the kernels read them as module constants, which Numba freezes at compile.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .intrinsics import prefetch_row
+from .intrinsics import mulhilo64, prefetch_row
+
+from bpgpu.activations import ACT_CODES, LOSS_CODES
 
 __all__ = ["ACT_CODES", "LOSS_CODES", "KERNELS"]
 
-ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "softmax": 4}
-LOSS_CODES = {"mse": 0, "bce": 1, "ce": 2}
+# the codes as plain globals: Numba compiles them in as constants (its on-disk cache keys on this
+# file, not on activations.py: clear __pycache__ if those codes ever change)
+SIGMOID, TANH, RELU, SOFTMAX = (ACT_CODES[n] for n in ("sigmoid", "tanh", "relu", "softmax"))
+MSE, BCE, CE = (LOSS_CODES[n] for n in ("mse", "bce", "ce"))
 
 
 #: Compile options of every kernel. ``error_model="numpy"``: a float division by zero gives inf or
@@ -125,17 +130,17 @@ def activation_backward(delta, a, code):
     for i in prange(rows):
         d = delta[i]
         o = a[i]
-        if code == 1:
+        if code == SIGMOID:
             for j in range(cols):
                 d[j] *= o[j] * (one - o[j])
-        elif code == 2:
+        elif code == TANH:
             for j in range(cols):
                 d[j] *= one - o[j] * o[j]
-        elif code == 3:
+        elif code == RELU:
             for j in range(cols):
                 if not o[j] > zero:
                     d[j] *= zero                  # inf/NaN deltas stay NaN, as numpy's product
-        elif code == 4:
+        elif code == SOFTMAX:
             s = zero
             for j in range(cols):
                 s += d[j] * o[j]
@@ -160,13 +165,13 @@ def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, want_los
         yi = y[i]
         di = delta[i]
         part = 0.0
-        if loss_code == 2:                       # softmax + cross-entropy
+        if loss_code == CE:                      # softmax + cross-entropy
             for j in range(cols):
                 di[j] = (ai[j] - yi[j]) * inv_b
                 if want_loss and yi[j] != 0:
                     p = tiny if ai[j] < tiny else ai[j]   # NaN stays NaN
                     part -= yi[j] * np.log(p)
-        elif loss_code == 1:                     # sigmoid + binary cross-entropy
+        elif loss_code == BCE:                   # sigmoid + binary cross-entropy
             for j in range(cols):
                 di[j] = (ai[j] - yi[j]) * inv_b
                 if want_loss:
@@ -182,17 +187,17 @@ def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, want_los
                 g = (ai[j] - yi[j]) * inv_b
                 if want_loss:
                     part += half * (ai[j] - yi[j]) * (ai[j] - yi[j])
-                if out_code == 1:
+                if out_code == SIGMOID:
                     g *= ai[j] * (one - ai[j])
-                elif out_code == 2:
+                elif out_code == TANH:
                     g *= one - ai[j] * ai[j]
-                elif out_code == 3:
+                elif out_code == RELU:
                     if not ai[j] > zero:
                         g *= zero
-                elif out_code == 4:
+                elif out_code == SOFTMAX:
                     s += g * ai[j]
                 di[j] = g
-            if out_code == 4:
+            if out_code == SOFTMAX:
                 for j in range(cols):
                     di[j] = ai[j] * (di[j] - s)
         total += part
@@ -250,8 +255,16 @@ PREFETCH_AHEAD = 16
 
 def gather(data, idx, out, scale, shift, scaled):
     """out[i, :] = data[idx[i], :], times ``scale`` plus ``shift`` when ``scaled`` (uint8 rows
-    straight into the float batch); unscaled rows are copied exactly (-0.0 stays -0.0)."""
+    straight into the float batch); unscaled rows are copied exactly (-0.0 stays -0.0).
+
+    Returns -1, or the position in ``idx`` of an index outside ``data``'s rows (nothing is read
+    for it; the caller raises).
+    """
     rows, cols = out.shape
+    n_data = data.shape[0]
+    for i in range(rows):                        # validate first: never read out of bounds
+        if idx[i] < 0 or idx[i] >= n_data:
+            return i
     for i in range(min(PREFETCH_AHEAD, rows)):
         prefetch_row(data, idx[i])
     for i in prange(rows):
@@ -265,6 +278,72 @@ def gather(data, idx, out, scale, shift, scaled):
         else:
             for j in range(cols):
                 dst[j] = src[j]
+    return -1
+
+
+# ------------------------------------------------------------------------------ random numbers
+# Philox4x64-10 (Salmon et al. 2011) exactly as numpy's Philox bit generator runs it: the counter
+# is incremented before each block, a block gives four 64-bit words, each word two 32-bit draws
+# (low half first), and a float32 is (draw >> 8) * 2**-24.
+_PHILOX_M0 = np.uint64(0xD2E7470EE14C6C93)
+_PHILOX_M1 = np.uint64(0xCA5A826395121157)
+_PHILOX_W0 = np.uint64(0x9E3779B97F4A7C15)
+_PHILOX_W1 = np.uint64(0xBB67AE8584CAA73B)
+
+
+@njit(**_OPTIONS)
+def _philox_block(c0, c1, c2, c3, k0, k1):
+    for _ in range(10):
+        hi0, lo0 = mulhilo64(_PHILOX_M0, c0)
+        hi1, lo1 = mulhilo64(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 += _PHILOX_W0
+        k1 += _PHILOX_W1
+    return c0, c1, c2, c3
+
+
+def random_uniform(out, key, counter, offset):
+    """out[e] = float32 number offset + e of the Philox stream (key, counter); ``out`` is 1-D.
+
+    ``key`` (2,) and ``counter`` (4,) are uint64 arrays; stream element k comes from block
+    k // 8 (counter + 1 + k // 8, carried across the four words), 32-bit draw k % 8 of it.
+    """
+    flat = out
+    n = flat.size
+    first = offset // 8
+    last = (offset + n + 7) // 8
+    one = np.uint64(1)
+    shift = np.uint64(32)
+    low = np.uint64(0xFFFFFFFF)
+    eight = np.uint64(8)
+    scale = np.float32(1.0 / 16777216.0)
+    for blk in prange(first, last):
+        # counter + 1 + blk, with the carry through the four 64-bit words
+        c0 = counter[0] + np.uint64(blk) + one
+        carry = one if c0 < counter[0] else np.uint64(0)
+        c1 = counter[1] + carry
+        carry = one if carry == one and c1 == np.uint64(0) else np.uint64(0)
+        c2 = counter[2] + carry
+        carry = one if carry == one and c2 == np.uint64(0) else np.uint64(0)
+        c3 = counter[3] + carry
+        w0, w1, w2, w3 = _philox_block(c0, c1, c2, c3, key[0], key[1])
+        base = blk * 8 - offset
+        if 0 <= base and base + 8 <= n:          # a whole block inside out: no checks
+            flat[base] = np.float32((w0 & low) >> eight) * scale
+            flat[base + 1] = np.float32(w0 >> (shift + eight)) * scale
+            flat[base + 2] = np.float32((w1 & low) >> eight) * scale
+            flat[base + 3] = np.float32(w1 >> (shift + eight)) * scale
+            flat[base + 4] = np.float32((w2 & low) >> eight) * scale
+            flat[base + 5] = np.float32(w2 >> (shift + eight)) * scale
+            flat[base + 6] = np.float32((w3 & low) >> eight) * scale
+            flat[base + 7] = np.float32(w3 >> (shift + eight)) * scale
+        else:                                    # the partial blocks at either end
+            for lane in range(8):
+                e = base + lane
+                if 0 <= e < n:
+                    word = w0 if lane < 2 else (w1 if lane < 4 else (w2 if lane < 6 else w3))
+                    draw = (word >> shift) if lane % 2 == 1 else (word & low)
+                    flat[e] = np.float32(draw >> eight) * scale
 
 
 # ------------------------------------------------------------------------------ dropout
@@ -350,7 +429,7 @@ def adam_update(p, g, m, v, lr_t, b1, c1, b2, c2, eps, inv_bias2, wd, n_decay):
 #: name -> (serial, parallel) dispatchers
 KERNELS = {fn.__name__: _variants(fn) for fn in (
     add_bias, add_bias_relu, sigmoid_pre, sigmoid_post, softmax_pre, softmax_post,
-    activation_backward, output_delta, count_correct, gather, dropout_forward,
+    activation_backward, output_delta, count_correct, gather, random_uniform, dropout_forward,
     multiply_inplace)}
 for _fn in (column_sums, sgd_update, momentum_update, adam_update):   # serial by design
     KERNELS[_fn.__name__] = (njit(**_OPTIONS)(_fn),) * 2

@@ -1,4 +1,5 @@
-"""Two LLVM-level helpers for the Numba kernels: calling a C function by address, and prefetching.
+"""LLVM-level helpers for the Numba kernels: calling a C function by address, prefetching, and a
+full 64 x 64 -> 128-bit multiply.
 
 Numba has no way to call a C function whose address is known only at run time without baking that
 address into the machine code (which stops the on-disk cache), and no prefetch. Both are a few
@@ -10,6 +11,9 @@ lines of LLVM IR:
 - :func:`prefetch_row` ``(array, i)`` asks the CPU to start loading row ``i`` of a 2-D C array, one
   prefetch per 64-byte line. The uint8 batch gather reads rows scattered over a 47 MB dataset;
   prefetching rows a few iterations ahead overlaps their cache misses (bench/NOTES.md step 14).
+- :func:`mulhilo64` ``(a, b)`` returns the high and low 64-bit words of the 128-bit product of two
+  uint64 -- one ``mul`` instruction on x86-64, where Numba itself has no 128-bit integers. The
+  Philox generator (kernels/cpu.py) multiplies this way 20 times per 8 random floats.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["call_address", "prefetch_row", "CACHE_LINE"]
+__all__ = ["call_address", "prefetch_row", "mulhilo64", "CACHE_LINE"]
 
 #: Bytes per cache line on the x86-64 and arm64 CPUs we run on.
 CACHE_LINE = 64
@@ -78,5 +82,22 @@ def prefetch_row(typingctx, array, row):
                                      context.get_constant(types.intp, CACHE_LINE)) as (off, _):
             builder.call(prefetch, [builder.gep(start, [off]), read, keep_everywhere, data_cache])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def mulhilo64(typingctx, a, b):
+    """``(hi, lo)``: the 128-bit product of the uint64 ``a`` and ``b`` as two uint64 words."""
+    if not (a == types.uint64 and b == types.uint64):
+        return None
+    sig = types.UniTuple(types.uint64, 2)(a, b)
+
+    def codegen(context, builder, signature, llargs):
+        i64, i128 = ir.IntType(64), ir.IntType(128)
+        product = builder.mul(builder.zext(llargs[0], i128), builder.zext(llargs[1], i128))
+        hi = builder.trunc(builder.lshr(product, ir.Constant(i128, 64)), i64)
+        lo = builder.trunc(product, i64)
+        return context.make_tuple(builder, signature.return_type, (hi, lo))
 
     return sig, codegen

@@ -296,8 +296,21 @@ def test_every_backend_keeps_the_base_signatures(backend_name):
 def test_ops_list_is_complete():
     public = {n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_")}
     assert set(OPS) <= public
-    assert public - set(OPS) <= {"describe", "compute_threads", "fuses_sgd"}
+    assert public - set(OPS) <= {"describe", "compute_threads", "thread_plan", "fuses_sgd",
+                                 "warmup"}
     assert issubclass(NumpyBackend, Backend)
+
+
+def test_no_public_method_only_a_subclass_has(backend_name):
+    """Code written against one backend runs on every backend: a public method is either in the
+    base class (the contract) or private (as thinc's Ops test demands)."""
+    cls = type(get_backend(backend_name))
+    base_public = {n for n in dir(Backend) if not n.startswith("_") and callable(getattr(Backend, n))}
+    mine = {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+    assert mine - base_public == set()
+    for name in base_public - set(OPS):
+        assert (list(inspect.signature(getattr(cls, name)).parameters)
+                == list(inspect.signature(getattr(Backend, name)).parameters)), name
 
 
 def test_nan_propagates_like_numpy(be, dtype):
@@ -312,3 +325,61 @@ def test_nan_propagates_like_numpy(be, dtype):
         be.activation_backward(d, dev(be, np.array([[0.0, -1.0, 2.0]]), dtype), "relu")
     got = be.to_host(d)[0]
     assert np.isnan(got[0]) and np.isnan(got[1]) and got[2] == 1.0   # exact: 1 * relu'(2) = 1 * 1
+
+
+def _philox_stream(key, counter, n):
+    """numpy's own Generator over a Philox bit generator: the stream random_uniform promises."""
+    bitgen = np.random.Philox(key=np.array(key, np.uint64), counter=np.array(counter, np.uint64))
+    return np.random.Generator(bitgen).random(n, dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape,offset", [((1,), 0), ((3, 7), 5), ((64, 100), 0),
+                                          ((257, 301), 13), ((9,), 8 * 1000 + 3)])
+def test_random_uniform_is_numpys_philox_stream(be, shape, offset):
+    """Bit for bit numpy's stream from element ``offset`` on, partial blocks at both ends
+    included: every backend must draw the very same dropout masks (exact by definition: integer
+    arithmetic and one exact int -> float conversion)."""
+    key, counter = (0x0123456789ABCDEF, 42), (0, 17, 2, 99)
+    out = be.empty(shape, np.float32)
+    be.random_uniform(out, key, counter, offset)
+    want = _philox_stream(key, counter, offset + int(np.prod(shape)))[offset:].reshape(shape)
+    assert np.array_equal(be.to_host(out), want)
+
+
+def test_random_uniform_carries_through_the_counter_words(be):
+    """A counter about to wrap: the block counter carries into the higher words, as numpy's."""
+    key, counter = (2**64 - 1, 5), (2**64 - 3, 2**64 - 1, 2**64 - 1, 9)
+    out = be.empty((100,), np.float32)
+    be.random_uniform(out, key, counter, 11)
+    assert np.array_equal(be.to_host(out), _philox_stream(key, counter, 111)[11:])
+
+
+def test_random_uniform_is_uniform_on_0_1(be):
+    out = be.empty((200, 500), np.float32)
+    be.random_uniform(out, (7, 8), (0, 1, 2, 3))
+    u = be.to_host(out)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
+
+
+def test_one_launch_is_validated_as_a_whole(be, dtype):
+    """Mixed dtypes, shapes or a transposed view in ONE op never reach a kernel (which would read
+    or write out of bounds): the op gives the reference's answer, or the reference's error."""
+    other = "float32" if dtype == "float64" else "float64"
+    p, g, v = (rand((50,), s) for s in (1, 2, 3))
+    pd = dev(be, p, dtype)
+    be.momentum_update(pd, dev(be, g, other), dev(be, v, dtype), 0.1, 0.9)
+    close(be, pd, p - 0.1 * (0.9 * v + g), "float32")
+    a = rand((6, 4), 4, 0, 1)
+    acc = be.zeros((1,), np.float64)
+    be.count_correct(dev(be, a, dtype), dev(be, onehot(np.argmax(a, 1), 4), other), acc)
+    assert be.to_host(acc)[0] == 6
+    u = np.random.default_rng(5).random((4, 6)).astype(np.float32)
+    ad, mask, out = dev(be, a, dtype), be.empty((6, 4), np.dtype(dtype)), be.empty((6, 4), np.dtype(dtype))
+    be.dropout_forward(ad, dev(be, u).T, 0.5, mask, out)        # a transposed view
+    close(be, out, a * (u.T >= 0.5) / 0.5, dtype)
+    with pytest.raises((ValueError, IndexError)):
+        be.activation_backward(dev(be, rand((6, 4)), dtype), dev(be, rand((6, 5)), dtype), "sigmoid")
+    with pytest.raises(IndexError):
+        be.gather_rows(dev(be, np.zeros((5, 3), np.uint8)), dev(be, np.array([0, 5])),
+                       be.empty((2, 3), np.dtype(dtype)), 1 / 255)

@@ -16,11 +16,12 @@ pytestmark = pytest.mark.skipif(not has_numba(), reason="numba is not installed"
 def test_thread_policy_is_deliberate():
     from bpgpu.backends import numba_backend as nb
     be = bpgpu.get_backend("numba")
-    assert be.threads_for(16) == 1 and be.numba_threads_for(16) == 1
-    assert be.threads_for(64) == be.threads_for(1024) == (os.cpu_count() or 1)
-    assert bpgpu.get_backend("numpy").threads_for(32) == 1
-    if (os.cpu_count() or 1) <= nb.SERIAL_MAX_CORES:
-        assert be.numba_threads_for(8192) == 1
+    assert be.thread_plan(16) == {"blas_threads": 1, "kernel_threads": 1}
+    cores = os.cpu_count() or 1
+    assert be.thread_plan(64)["blas_threads"] == be.thread_plan(1024)["blas_threads"] == cores
+    assert bpgpu.get_backend("numpy").thread_plan(32) == {"blas_threads": 1}
+    if cores <= nb.SERIAL_MAX_CORES:
+        assert be.thread_plan(8192)["kernel_threads"] == 1
     with be.compute_threads(16):
         assert be._kernel("add_bias", 10 ** 7) is be._k["add_bias"][0]   # serial
 
@@ -97,7 +98,7 @@ def test_fit_with_plain_sgd_updates_inside_the_gemms(mnist_data):
         pytest.skip("no CBLAS found in numpy's BLAS")
     net.fit(X[:640], y[:640], epochs=1, batch_size=64, optimizer="sgd", lr=0.1,
             weight_decay=1e-3)
-    assert not net.backend.to_host(net._grads).any()
+    assert not net.backend.to_host(net.grads).any()
     code = ("import bpgpu, numpy as np; from bpgpu.kernels import blas; "
             "assert blas.find_blas() is None; d = bpgpu.datasets.mnist()[0]; "
             "net = bpgpu.MLP([784, 16, 10], backend='numba', dtype='float64', seed=1); "

@@ -216,3 +216,64 @@ def test_all_finite_op(backend_name):
     assert be.all_finite(be.asarray(np.ones(5)))
     assert not be.all_finite(be.asarray(np.array([1.0, np.inf])))
     assert not be.all_finite(be.asarray(np.array([np.nan, 1.0])))
+
+
+def test_fit_step_and_gradients_all_run_the_one_train_step(monkeypatch):
+    """The training step is written once: fit, step and gradients all go through train_step."""
+    calls = []
+    original = bpgpu.MLP.train_step
+
+    def spy(self, *args, **kwargs):
+        calls.append(args[4] if len(args) > 4 else kwargs.get("optimizer"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bpgpu.MLP, "train_step", spy)
+    X, y = bpgpu.datasets.xor()
+    net = bpgpu.MLP([2, 4, 1], output="sigmoid", loss="bce", backend="numpy")
+    net.fit(X, y, epochs=2, batch_size=2)
+    assert len(calls) == 4 and all(c is not None for c in calls)
+    net.gradients(X, y.reshape(-1, 1))
+    assert calls[-1] is None
+    net.step(X, y.reshape(-1, 1), lr=0.5)
+    assert len(calls) == 6 and calls[-1] is not None
+    assert net.steps == 5          # gradients() takes no step
+
+
+def test_inference_on_a_dropout_workspace_reads_the_undropped_outputs():
+    """forward(ws) outside training ignores the workspace's dropout buffers entirely."""
+    X, y = bpgpu.datasets.moons(64, seed=1)
+    net = bpgpu.MLP([2, 16, 2], activation="tanh", backend="numpy", dtype="float64")
+    plain, dropped = net.workspace(64), net.workspace(64, dropout=0.5)
+    for ws in (plain, dropped):
+        net.backend.upload(X, ws.a[0])
+        net.forward(ws)
+    # the same GEMMs on the same inputs: identical by construction
+    assert np.array_equal(plain.a[-1], dropped.a[-1])
+    net.forward(dropped, training=True)
+    assert not np.array_equal(plain.a[-1], dropped.a[-1])
+
+
+def test_use_backend_applies_to_the_default_and_keeps_an_instance():
+    from bpgpu.backends.numpy_backend import NumpyBackend
+    mine = NumpyBackend(blas_threads=1)
+    with bpgpu.use_backend(mine) as be:
+        assert be is mine
+        assert bpgpu.MLP([2, 2]).backend is mine          # the default "auto" follows it
+        assert bpgpu.MLP([2, 2], backend=None).backend is mine
+        assert bpgpu.MLP([2, 2], backend="numpy").backend is not mine   # an explicit name wins
+    assert bpgpu.MLP([2, 2], backend="auto").backend is not mine
+
+
+def test_dropout_masks_depend_on_seed_step_and_layer_only():
+    """The masks come from counter-based streams (seed, step, layer): two models with the same
+    seed train identically; another seed draws other masks."""
+    X, y = bpgpu.datasets.moons(200, seed=2)
+    kw = dict(epochs=3, batch_size=32, dropout=0.3, lr=0.5)
+    a = bpgpu.MLP([2, 8, 8, 2], backend="numpy", dtype="float64", seed=4)
+    b = bpgpu.MLP([2, 8, 8, 2], backend="numpy", dtype="float64", seed=4)
+    a.fit(X, y, **kw)
+    b.fit(X, y, **kw)
+    assert np.array_equal(a.params, b.params)               # same code, same inputs: exact
+    c = bpgpu.MLP([2, 8, 8, 2], backend="numpy", dtype="float64", seed=5)
+    c.fit(X, y, **kw)
+    assert not np.array_equal(a.params, c.params)

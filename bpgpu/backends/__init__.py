@@ -2,7 +2,7 @@
 
 ``get_backend("auto")`` picks cupy when a CUDA device works, else numba when it imports, else numpy,
 and :func:`auto_reason` says which and why in one line. ``BPGPU_BACKEND`` in the environment
-overrides ``"auto"``. :func:`available_backends` reports, for every registered backend, whether it
+overrides ``"auto"``, and inside :func:`use_backend` ``"auto"`` means that block's backend. :func:`available_backends` reports, for every registered backend, whether it
 is usable here and, if not, exactly why. A new backend joins the parity tests by being registered.
 """
 
@@ -101,8 +101,10 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
     """
     if isinstance(name, Backend):
         return name
-    if name is None:
-        name = _default[-1] if _default else "auto"
+    if name is None or str(name).strip().lower() == "auto":
+        if _default:                      # inside use_backend(...): its backend, as given
+            return get_backend(_default[-1])
+        name = "auto"
     name = str(name).strip().lower()
     if name == "auto":
         name, _ = auto_reason()
@@ -119,9 +121,15 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
 
 @contextlib.contextmanager
 def use_backend(name: str | Backend):
-    """Within the ``with`` block, models created with ``backend=None`` use ``name``."""
-    _default.append(name if isinstance(name, str) else name.name)
+    """Within the ``with`` block, ``"auto"`` (the models' default) and ``None`` mean ``name``.
+
+    ``name`` is a registry name or a backend instance; an instance is used as it is (not a fresh
+    one of its class), so its settings hold. The backend is resolved on entry: an unavailable one
+    raises :class:`~bpgpu.errors.BackendUnavailable` there.
+    """
+    backend = get_backend(name)
+    _default.append(backend)
     try:
-        yield get_backend(name)
+        yield backend
     finally:
         _default.pop()

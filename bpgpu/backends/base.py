@@ -62,9 +62,25 @@ class Backend:
         """Context for a run of steps of ``batch_size`` rows (thread settings); default: nothing."""
         yield None
 
+    def thread_plan(self, batch_size: int) -> dict:
+        """The threads :meth:`compute_threads` uses at ``batch_size``, for records: e.g.
+        ``{"blas_threads": 2, "kernel_threads": 1}``; empty where the backend sets none."""
+        return {}
+
     def describe(self) -> str:
         """One line saying what this backend runs on."""
         return f"{self.name} ({self.xp.__name__} {self.xp.__version__})"
+
+    def warmup(self, dtypes=("float32", "float64")) -> dict:
+        """Compile (or load from a cache) everything a training step runs, before any timing.
+
+        Returns
+        -------
+        dict
+            ``seconds`` (wall time), ``kernels`` (how many compiled objects), ``cache_hits`` and
+            ``compiled`` (loaded from a cache vs compiled now). The reference compiles nothing.
+        """
+        return {"seconds": 0.0, "kernels": 0, "cache_hits": 0, "compiled": 0}
 
     # ------------------------------------------------------------------ memory and transfer
     def empty(self, shape, dtype):

@@ -30,12 +30,26 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _ok(*arrays):
-    """True when the kernels can take these arrays (float32/64 and C-contiguous). A plain loop:
-    this runs a dozen times per training step, and a generator costs ~1 us more per call."""
+    """True when one kernel launch can take all these arrays together: one float dtype (float32
+    or float64) for all of them, every one C-contiguous, and all of the first one's shape. A
+    kernel indexes without bounds checks, so a launch is validated as a whole, never array by
+    array; anything else goes to the numpy reference (which casts, broadcasts or raises). A plain
+    loop: this runs a dozen times per training step, and a generator costs ~1 us more per call."""
+    first = arrays[0]
+    dtype, shape = first.dtype, first.shape
+    if dtype not in _FLOATS:
+        return False
     for a in arrays:
-        if a.dtype not in _FLOATS or not a.flags.c_contiguous:
+        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
             return False
     return True
+
+
+def _ok_rows(z, vector):
+    """``z`` (B, n) and ``vector`` (n,): one float dtype, both C-contiguous."""
+    return (z.ndim == 2 and z.dtype in _FLOATS and vector.dtype == z.dtype
+            and vector.shape == (z.shape[1],) and z.flags.c_contiguous
+            and vector.flags.c_contiguous)
 
 
 def cache_status() -> str:
@@ -117,7 +131,7 @@ class NumbaBackend(NumpyBackend):
                 "cache_hits": hits, "compiled": compiled}
 
     # ------------------------------------------------------------------ threading
-    def numba_threads_for(self, batch_size: int) -> int:
+    def _kernel_threads_for(self, batch_size: int) -> int:
         """Numba threads used at this batch size (1: the serial kernels).
 
         Measured on 2 cores (bench/NOTES.md): serial kernels were as fast as parallel ones at
@@ -128,13 +142,17 @@ class NumbaBackend(NumpyBackend):
             return 1
         return self._numba.get_num_threads()
 
+    def thread_plan(self, batch_size: int) -> dict:
+        return dict(super().thread_plan(batch_size),
+                    kernel_threads=self._kernel_threads_for(batch_size))
+
     @contextlib.contextmanager
     def compute_threads(self, batch_size: int):
         """BLAS threads as numpy's backend, and the kernels' threading for this batch size: at
         small batches every kernel runs serially (no thread pool is woken at all: on two cores
         a spinning pool slows the main thread and BLAS more than it helps)."""
         previous = self._parallel_ok
-        self._parallel_ok = self.numba_threads_for(batch_size) > 1
+        self._parallel_ok = self._kernel_threads_for(batch_size) > 1
         try:
             with super().compute_threads(batch_size) as n:
                 yield n
@@ -173,7 +191,8 @@ class NumbaBackend(NumpyBackend):
         if alpha == 1.0 and beta == 0.0:
             return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
         blas = self._fused_blas(out.dtype)
-        if blas is None or not _ok(a, b, out) or not a.dtype == b.dtype == out.dtype:
+        if (blas is None or not a.dtype == b.dtype == out.dtype or not a.flags.c_contiguous
+                or not b.flags.c_contiguous or not out.flags.c_contiguous):   # BLAS checks shapes
             return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
         t = out.dtype.type
         self._blas.gemm(blas[0], blas[2], a, b, out, trans_a, trans_b, t(alpha), t(beta))
@@ -184,7 +203,7 @@ class NumbaBackend(NumpyBackend):
         """Fused passes around numpy's SIMD exp/tanh (see kernels/cpu.py on why):
         sigmoid = pre (bias, negate, clip) | np.exp | post (1/(1+e)); softmax = pre (bias, row
         max shift) | np.exp | post (row normalise); tanh = bias | np.tanh; relu: one pass."""
-        if not _ok(z, bias) or bias.dtype != z.dtype:
+        if not _ok_rows(z, bias):
             return super().bias_activation(z, bias, activation)
         k = self._kernel
         n = z.size
@@ -210,13 +229,13 @@ class NumbaBackend(NumpyBackend):
     def activation_backward(self, delta, a, activation: str):
         if activation == "identity":
             return delta
-        if not _ok(delta, a) or activation not in self._act:
+        if not _ok(delta, a) or delta.ndim != 2 or activation not in self._act:
             return super().activation_backward(delta, a, activation)
         self._kernel("activation_backward", delta.size)(delta, a, self._act[activation])
         return delta
 
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if not _ok(a, y, delta) or loss not in self._loss:
+        if not _ok(a, y, delta) or a.ndim != 2 or loss not in self._loss:
             return super().output_delta(a, y, delta, output, loss, loss_acc)
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
         total = self._kernel("output_delta", a.size)(
@@ -229,7 +248,7 @@ class NumbaBackend(NumpyBackend):
     def column_sums(self, d, out, alpha: float = 1.0, beta: float = 0.0):
         """Small: one Numba pass with alpha and beta; large: one BLAS GEMV on every core (with
         alpha and beta when numpy's CBLAS was found)."""
-        if not _ok(d, out) or d.dtype != out.dtype:
+        if not _ok_rows(d, out):
             return super().column_sums(d, out, alpha, beta)
         t = out.dtype.type
         if d.size < PARALLEL_MIN:
@@ -244,24 +263,37 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def count_correct(self, a, y, acc):
-        if not _ok(a, y):
+        if not _ok(a, y) or a.ndim != 2:
             return super().count_correct(a, y, acc)
         acc += self._kernel("count_correct", a.size)(a, y)
         return acc
 
     def gather_rows(self, data, idx, out, scale: float = 1.0, shift: float = 0.0):
-        if not (out.dtype in _FLOATS and out.flags.c_contiguous and data.flags.c_contiguous
-                and data.ndim == 2):
-            return super().gather_rows(data, idx, out, scale, shift)
         scaled = data.dtype == np.uint8
-        if not scaled and data.dtype != out.dtype:
+        if not (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
+                and idx.dtype.kind in "iu" and out.shape == (idx.shape[0], data.shape[1])
+                and (scaled or data.dtype == out.dtype) and out.flags.c_contiguous
+                and data.flags.c_contiguous):
             return super().gather_rows(data, idx, out, scale, shift)
         t = out.dtype.type
-        self._kernel("gather", out.size)(data, idx, out, t(scale), t(shift), scaled)
+        bad = self._kernel("gather", out.size)(data, idx, out, t(scale), t(shift), scaled)
+        if bad >= 0:
+            raise IndexError(f"row index {int(idx[bad])} is out of bounds for {data.shape[0]} "
+                             f"rows")
+        return out
+
+    def random_uniform(self, out, key, counter, offset: int = 0):
+        if not (out.dtype == np.float32 and out.flags.c_contiguous):
+            return super().random_uniform(out, key, counter, offset)
+        words = np.array([int(k) % (1 << 64) for k in key] + [int(c) % (1 << 64) for c in counter],
+                         np.uint64)
+        self._kernel("random_uniform", out.size)(out.reshape(-1), words[:2], words[2:],
+                                                 int(offset))
         return out
 
     def dropout_forward(self, a, uniform, rate: float, mask, out):
-        if not _ok(a, mask, out) or uniform.dtype != np.float32:
+        if not (_ok(a, mask, out) and uniform.dtype == np.float32 and uniform.shape == a.shape
+                and uniform.flags.c_contiguous and a.ndim == 2):
             return super().dropout_forward(a, uniform, rate, mask, out)
         t = a.dtype.type
         self._kernel("dropout_forward", a.size)(a, uniform, np.float32(rate),
@@ -269,13 +301,13 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def dropout_backward(self, delta, mask):
-        if not _ok(delta, mask):
+        if not _ok(delta, mask) or delta.ndim != 2:
             return super().dropout_backward(delta, mask)
         self._kernel("multiply_inplace", delta.size)(delta, mask)
         return delta
 
     def sgd_update(self, params, grads, lr: float, weight_decay: float = 0.0, n_decay: int = 0):
-        if not _ok(params, grads):
+        if not _ok(params, grads) or params.ndim != 1 or not 0 <= n_decay <= params.size:
             return super().sgd_update(params, grads, lr, weight_decay, n_decay)
         t = params.dtype.type
         self._kernel("sgd_update", params.size)(params, grads, t(lr), t(weight_decay), n_decay)
@@ -283,7 +315,7 @@ class NumbaBackend(NumpyBackend):
 
     def momentum_update(self, params, grads, velocity, lr: float, momentum: float,
                         weight_decay: float = 0.0, n_decay: int = 0, nesterov: bool = False):
-        if not _ok(params, grads, velocity):
+        if not _ok(params, grads, velocity) or params.ndim != 1 or not 0 <= n_decay <= params.size:
             return super().momentum_update(params, grads, velocity, lr, momentum, weight_decay,
                                            n_decay, nesterov)
         t = params.dtype.type
@@ -293,7 +325,7 @@ class NumbaBackend(NumpyBackend):
 
     def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
                     step: int, weight_decay: float = 0.0, n_decay: int = 0):
-        if not _ok(params, grads, m, v):
+        if not _ok(params, grads, m, v) or params.ndim != 1 or not 0 <= n_decay <= params.size:
             return super().adam_update(params, grads, m, v, lr, beta1, beta2, eps, step,
                                        weight_decay, n_decay)
         t = params.dtype.type

@@ -48,7 +48,7 @@ class NumpyBackend(Backend):
         # ufunc.reduce skips np.max's dispatch layers: ~6 us instead of ~8 us at (64, 10)
         return np.maximum.reduce(z, axis=1, keepdims=True, out=out)
 
-    def threads_for(self, batch_size: int) -> int | None:
+    def _blas_threads_for(self, batch_size: int) -> int | None:
         """BLAS threads to use for a step of ``batch_size`` rows (None: leave as it is)."""
         if self.blas_threads in (None, "none"):
             return None
@@ -56,13 +56,17 @@ class NumpyBackend(Backend):
             return 1 if batch_size <= self.single_thread_max_batch else (os.cpu_count() or 1)
         return int(self.blas_threads)
 
+    def thread_plan(self, batch_size: int) -> dict:
+        n = self._blas_threads_for(batch_size)
+        return {} if n is None else {"blas_threads": n}
+
     @contextlib.contextmanager
     def compute_threads(self, batch_size: int):
-        """Context in which BLAS uses :meth:`threads_for` ``(batch_size)`` threads.
+        """Context in which BLAS uses :meth:`thread_plan` ``(batch_size)`` threads.
 
         Needs threadpoolctl (in the ``dev``/``cpu`` extras); without it, threads are left alone.
         """
-        n = self.threads_for(batch_size)
+        n = self._blas_threads_for(batch_size)
         tpc = optional_import("threadpoolctl") if n is not None else None
         if tpc is None:
             yield None

@@ -88,23 +88,11 @@ def _instrumented_epoch(net, X, y, batch):
     return gemm_time[0] / total, peak
 
 
-def _resident_bytes(net):
-    """Bytes the model keeps on its device: parameters, gradients, workspaces."""
-    total = net._params.nbytes + net._grads.nbytes
-    for ws in net._workspaces.values():
-        for arr in ws.a + ws.d[1:] + [ws.y] + list(ws.mask.values()):
-            total += arr.nbytes
-    return total
-
-
 def _threads(be, batch):
-    info = {}
-    threads_for = getattr(be, "threads_for", None)
-    if threads_for is not None:
-        info["blas_threads"] = threads_for(batch)
-    numba_threads = getattr(be, "numba_threads_for", None)
-    if numba_threads is not None:
-        info["numba_threads"] = numba_threads(batch)
+    plan = be.thread_plan(batch)
+    info = {"blas_threads": plan["blas_threads"]} if "blas_threads" in plan else {}
+    if "kernel_threads" in plan:
+        info["numba_threads"] = plan["kernel_threads"]
     return info
 
 
@@ -162,7 +150,7 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
         gemm_share, peak = _instrumented_epoch(net, X, y, case.batch)
         row["gemm_time_fraction"] = gemm_share
         row["host_alloc_peak_bytes_per_epoch"] = int(peak)
-    row["resident_bytes"] = _resident_bytes(net)
+    row["resident_bytes"] = net.resident_bytes()
     if net.backend.name == "cupy":
         import cupy
         row["device_pool_bytes"] = int(cupy.get_default_memory_pool().total_bytes())
