@@ -18,7 +18,8 @@ import numpy as np
 
 from .errors import BpgpuError, ModelFileError
 
-__all__ = ["save", "load", "atomic_write", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "atomic_write", "read_archive", "model_from_archive", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT = "bpgpu-mlp"
 FORMAT_VERSION = 1
@@ -46,20 +47,32 @@ def atomic_write(path, write) -> str:
     return path
 
 
-def save(model, path) -> str:
+def save(model, path, *, sections=None, arrays=None) -> str:
     """Write ``model`` to ``path`` atomically and return the path.
 
     The archive holds ``W0..W{L-1}``, ``b0..b{L-1}`` and ``metadata.json`` (format, version, the
     model's config, the backend it was saved from).
+
+    Parameters
+    ----------
+    sections : dict, optional
+        Extra top-level metadata entries (a checkpoint adds its ``"checkpoint"`` section).
+    arrays : dict of str -> ndarray, optional
+        Extra host arrays stored beside the parameters (names must not clash with them).
     """
     path = os.fspath(path)
     weights, biases = model.get_params()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config(),
             "saved_from_backend": model.backend.name}
-    arrays = {f"W{i}": w for i, w in enumerate(weights)}
-    arrays.update({f"b{i}": b for i, b in enumerate(biases)})
-    arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    meta.update(sections or {})
+    stored = {f"W{i}": w for i, w in enumerate(weights)}
+    stored.update({f"b{i}": b for i, b in enumerate(biases)})
+    for name, value in (arrays or {}).items():
+        if name in stored or name == "metadata.json":
+            raise ValueError(f"array name {name!r} is reserved for the model")
+        stored[name] = value
+    stored["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return atomic_write(path, lambda f: np.savez(f, **stored))
 
 
 def _read_metadata(archive, path):
@@ -79,32 +92,38 @@ def _read_metadata(archive, path):
     return meta
 
 
-def load(path, backend="auto"):
-    """Load a model written by :func:`save` onto ``backend``.
+def read_archive(path):
+    """Read a model archive completely: ``(metadata dict, {name: host array})``.
 
     Raises
     ------
     ModelFileError
-        The file is missing, truncated, not a bpgpu model, or of another format version.
+        The file is missing, truncated, corrupt, not a bpgpu model, or of another version.
     """
-    from .mlp import MLP
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = _read_metadata(archive, path)
-            cfg = meta["config"]
-            n_layers = len(cfg["sizes"]) - 1
-            weights = [archive[f"W{i}"] for i in range(n_layers)]
-            biases = [archive[f"b{i}"] for i in range(n_layers)]
+            arrays = {name: archive[name] for name in archive.files if name != "metadata.json"}
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{path}: unreadable or truncated model file "
                              f"({type(exc).__name__}: {exc})") from None
+    return meta, arrays
+
+
+def model_from_archive(meta, arrays, path, backend="auto"):
+    """Build the model that :func:`read_archive` returned, on ``backend``."""
+    from .mlp import MLP
+
     try:
+        cfg = meta["config"]
+        n_layers = len(cfg["sizes"]) - 1
+        weights = [arrays[f"W{i}"] for i in range(n_layers)]
+        biases = [arrays[f"b{i}"] for i in range(n_layers)]
         model = MLP(cfg["sizes"], activation=cfg["activation"], output=cfg["output"],
                     loss=cfg["loss"], init=cfg.get("init", "normal"), dtype=cfg["dtype"],
                     backend=backend, seed=cfg.get("seed", 0),
@@ -118,3 +137,16 @@ def load(path, backend="auto"):
             raise
         raise ModelFileError(f"{path}: inconsistent model file: {exc}") from None
     return model
+
+
+def load(path, backend="auto"):
+    """Load a model written by :func:`save` (or a checkpoint: the model it holds) onto
+    ``backend``.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, truncated, not a bpgpu model, or of another format version.
+    """
+    meta, arrays = read_archive(path)
+    return model_from_archive(meta, arrays, os.fspath(path), backend)
