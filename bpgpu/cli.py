@@ -70,6 +70,8 @@ def cmd_info(args):
             print(f"blas: {b['api']} {b['version']} ({b['library']}), {b['threads']} threads")
     else:
         print("blas: unknown (install threadpoolctl to see it)")
+    for k in rec["blas_kernels"]:
+        print(f"openblas kernels: {k['summary']}")
     others = ", ".join(f"{k} {val}" for k, val in v.items()
                        if k not in ("python", "numpy") and val is not None)
     print(f"libraries: {others or 'none of the optional ones'}")
@@ -241,6 +243,7 @@ def cmd_bench(args):
     from .backends import available_backends
     from .bench import report
     from .bench.runner import run_matrix, time_to_accuracy
+    from .bench.jax_ref import describe_jax, jax_status
     from .bench.torch_ref import torch_status
     from .datasets import mnist
     from .sysinfo import machine_record
@@ -264,11 +267,15 @@ def cmd_bench(args):
     sizes = _sizes_list(args.sizes or "784-100-10,784-1024-10,784-512-512-10")
     from .backends import REGISTRY
     vs = [v for v in (args.vs or "").split(",") if v]
-    unknown = [v for v in vs if v != "torch" and v not in REGISTRY]
-    if unknown or len([v for v in vs if v != "torch"]) > 1:
-        raise UsageError(f"--vs takes torch and/or one backend ({', '.join(REGISTRY)}), "
+    peers = ("torch", "jax")
+    unknown = [v for v in vs if v not in peers and v not in REGISTRY]
+    if unknown or len([v for v in vs if v not in peers]) > 1:
+        raise UsageError(f"--vs takes torch, jax and/or one backend ({', '.join(REGISTRY)}), "
                          f"got {args.vs!r}")
-    vs_backend = next((v for v in vs if v != "torch"), None)
+    vs_jax = "jax" in vs
+    if vs_jax and jax_status()[0] is None:
+        raise UsageError(f"--vs jax: {jax_status()[1]}")
+    vs_backend = next((v for v in vs if v not in peers), None)
     if vs_backend and vs_backend not in usable:
         from .backends import get_backend
         get_backend(vs_backend)  # raises BackendUnavailable with the reason
@@ -280,10 +287,17 @@ def cmd_bench(args):
     (X_all, y_all), (Xt, yt) = mnist()
     X, y = X_all[:args.samples], y_all[:args.samples]
     machine = machine_record()
+    if vs_jax:
+        machine["jax"] = describe_jax()
 
     def show(row):
         if not args.quiet:
             ratio = f"  {row['vs_torch']:.2f}x torch" if row.get("vs_torch") else ""
+            for form in ("scan", "step"):
+                if row.get(f"vs_jax_{form}"):
+                    ratio += f"  {row[f'vs_jax_{form}']:.2f}x jax {form}"
+            if row.get("jax_missing"):
+                ratio += f"  (no jax: {row['jax_missing']})"
             if row.get(f"vs_{vs_backend}"):
                 ratio += f"  {row[f'vs_{vs_backend}']:.2f}x {vs_backend}"
             print(f"  {row['backend']:<6} {row['sizes']:<16} batch {row['batch']:<5} "
@@ -291,7 +305,7 @@ def cmd_bench(args):
                   flush=True)
 
     rows = run_matrix(backends, sizes, batches, args.dtype, X, y, repeats=args.epochs,
-                      vs_torch=vs_torch, progress=show, vs_backend=vs_backend)
+                      vs_torch=vs_torch, progress=show, vs_backend=vs_backend, vs_jax=vs_jax)
     tta = []
     if args.time_to_accuracy:   # always on the full training set, whatever --samples says
         for b in backends:
@@ -407,9 +421,10 @@ def build_parser():
     p.add_argument("--samples", type=int, default=60000, help="training samples per epoch")
     p.add_argument("--quick", action="store_true",
                    help="batch 64 and 1024 on 784-100-10, 2 epochs: under a minute on 2 cores")
-    p.add_argument("--vs", default=None, metavar="torch[,BACKEND]",
-                   help="measure PyTorch eager (torch) and/or another bpgpu backend on identical "
-                        "work in the same run, epochs interleaved (e.g. --vs torch,numpy)")
+    p.add_argument("--vs", default=None, metavar="torch[,jax][,BACKEND]",
+                   help="measure PyTorch eager (torch), JAX on the CPU (jax: its whole-epoch "
+                        "lax.scan and its jitted step) and/or another bpgpu backend on identical "
+                        "work in the same run, epochs interleaved (e.g. --vs torch,jax,numpy)")
     p.add_argument("--time-to-accuracy", action="store_true",
                    help="also time each backend (and torch) to 98.0 %% MNIST test accuracy")
     p.add_argument("--json", metavar="PATH")

@@ -69,3 +69,109 @@ def test_bench_bad_vs_is_a_clean_error(vs):
     res = run(["bench", "--vs", vs])
     assert res.returncode == 2 and res.stderr.startswith("bpgpu: error: --vs")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bench_vs_jax_without_jax_is_one_line_and_exit_2():
+    code = ("import sys; sys.modules['jax'] = None; from bpgpu.cli import main; "
+            f"sys.exit(main({BENCH + ['--vs', 'jax']!r}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("bpgpu: error: --vs jax: jax is not installed")
+    assert "pip install 'bpgpu[bench]'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bench_vs_jax_interleaves_both_forms(tmp_path):
+    """``--vs jax``: JAX's whole-epoch scan and its jitted step run the same epochs, interleaved;
+    the row gets both throughputs and ratios, the machine record JAX's version and XLA's threads,
+    the Markdown table its JAX columns (before a backend's "vs numpy"), the chart its lines."""
+    pytest.importorskip("jax")
+    pytest.importorskip("matplotlib")
+    out, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    args = ["bench", "--backends", "numpy", "--batch-sizes", "64", "--sizes", "784-16-10",
+            "--epochs", "2", "--samples", "1000", "--quiet", "--vs", "jax",
+            "--json", str(out), "--markdown", str(md), "--plot", str(png)]
+    res = run(args)
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(out.read_text())
+    row = rec["rows"][0]
+    for form in ("scan", "step"):
+        assert row[f"jax_{form}_samples_per_s"] > 0 and row[f"vs_jax_{form}"] > 0
+        assert (row[f"jax_{form}_samples_per_s_min"] <= row[f"jax_{form}_samples_per_s"]
+                <= row[f"jax_{form}_samples_per_s_max"])
+    assert row["jax_threads"] >= 1 and row["jax_device"] == "cpu"
+    assert rec["method"]["interleaved_with"] == ["jax"]
+    jax = rec["machine"]["jax"]
+    assert jax["available"] and jax["jax"] and jax["enable_x64"] is False
+    assert "intra_op_threads" in jax and "xla_flags" in jax
+    header = next(line for line in res.stdout.splitlines() if line.startswith("| backend"))
+    assert header.rstrip().endswith("| jax scan samples/s | vs JAX scan | vs JAX step |")
+    line = next(line for line in res.stdout.splitlines() if line.startswith("| numpy"))
+    assert line.count("×") == 2
+    assert "- JAX: " in md.read_text() and png.stat().st_size > 0
+
+
+def test_jax_columns_sit_before_a_backends_column():
+    from bpgpu.bench.report import markdown_table
+    row = {"backend": "numba", "sizes": "784-100-10", "batch": 64, "dtype": "float32",
+           "samples_per_s": 2e5, "samples_per_s_min": 1e5, "samples_per_s_max": 3e5,
+           "us_per_step": 320.0, "gflops": 60.0, "vs_numpy": 1.5,
+           "jax_scan_samples_per_s": 1.8e5, "vs_jax_scan": 1.11, "vs_jax_step": 1.4}
+    no_jax = {k: v for k, v in row.items() if "jax" not in k}
+    head, _, line = markdown_table([row]).splitlines()
+    assert head.endswith("| vs JAX scan | vs JAX step | vs numpy |")
+    assert line.endswith("| 180.0k | 1.11× | 1.40× | 1.50× |")
+    assert "JAX" not in markdown_table([no_jax])
+    head, rule, line = markdown_table([row, no_jax]).splitlines()[:3]
+    assert head.count("|") == rule.count("|") == line.count("|")
+
+
+# ------------------------------------------------------------------ machine record: GEMM kernels
+AVX512 = {"sse2", "avx", "avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+
+
+def test_record_names_openblas_kernels_and_xla_threads():
+    from bpgpu.sysinfo import cpu_flags, cpu_vector_isa, machine_record
+    rec = machine_record()
+    assert rec["xla_cpu"]["intra_op_threads"] >= 1
+    for k in rec["blas_kernels"]:                  # one per OpenBLAS numpy loaded
+        assert k["kernels"] and k["summary"].startswith(f"{k['kernels']} kernels")
+        assert k["cpu_isa"] == cpu_vector_isa(cpu_flags())[0]
+
+
+@pytest.mark.parametrize("flags,kernels,coretype,faster,summary", [
+    (AVX512, "Haswell", "Haswell", True,
+     "Haswell kernels on an AVX-512 CPU: OPENBLAS_CORETYPE is set (Haswell); unset it for the "
+     "SkylakeX kernels"),
+    (AVX512, "Haswell", "", True,
+     "Haswell kernels on an AVX-512 CPU: this OpenBLAS does not pick its SkylakeX kernels here "
+     "(OPENBLAS_CORETYPE=SkylakeX may)"),
+    (AVX512, "SkylakeX", "", False, "SkylakeX kernels: the widest this AVX-512 CPU runs"),
+    (AVX512 - {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}, "Zen", "Haswell", False,
+     "Zen kernels: the widest this AVX2 CPU runs (no AVX-512); OPENBLAS_CORETYPE=Haswell is set "
+     "and selects the same width"),
+    ({"sse2", "avx", "avx2", "fma"}, "Sandybridge", "Sandybridge", True,
+     "Sandybridge kernels on an AVX2 CPU: OPENBLAS_CORETYPE is set (Sandybridge); unset it for "
+     "the Haswell kernels"),
+    (set(), "ARMV8SVE", "", False,
+     "ARMV8SVE kernels (vector width of this kernel set or CPU not classified)"),
+])
+def test_openblas_kernel_verdict(monkeypatch, flags, kernels, coretype, faster, summary):
+    from bpgpu import sysinfo
+    monkeypatch.setattr(sysinfo, "_openblas_libraries", lambda: [("/x/libopenblas.so", kernels)])
+    (k,) = sysinfo.openblas_kernels(flags=flags, coretype=coretype)
+    assert k["faster_available"] is faster and k["summary"] == summary
+    assert k["library"] == "libopenblas.so" and k["coretype_env"] == coretype
+
+
+def test_openblas_kernels_without_threadpoolctl_asks_openblas_itself(monkeypatch):
+    """The fallback reads OpenBLAS's own openblas_get_corename: the same name threadpoolctl gives."""
+    from bpgpu import _compat, sysinfo
+    with_tpc = sysinfo._openblas_libraries()
+    if not with_tpc:
+        pytest.skip("numpy's BLAS here is not OpenBLAS")
+    real = _compat.optional_import
+    monkeypatch.setattr(_compat, "optional_import",
+                        lambda name: None if name == "threadpoolctl" else real(name))
+    without = sysinfo._openblas_libraries()
+    assert [k for _, k in without] == [k for _, k in with_tpc]

@@ -13,6 +13,8 @@ __all__ = ["markdown_table", "machine_lines", "write_json", "write_markdown", "p
            "update_readme", "README_MARKER"]
 
 README_MARKER = "<!-- bench-table -->"
+#: The JAX peer's forms: row-key prefix and column/legend label (bpgpu.bench.jax_ref).
+JAX_PEERS = (("jax_scan", "JAX scan"), ("jax_step", "JAX step"))
 
 
 def _fmt(v, spec):
@@ -20,13 +22,21 @@ def _fmt(v, spec):
 
 
 def markdown_table(rows) -> str:
-    """One line per row: throughput with its spread, per-step cost, GEMM efficiency, vs torch, and
-    vs another bpgpu backend when the run interleaved one (``bpgpu bench --vs torch,numpy``)."""
-    others = sorted({k[3:] for r in rows for k in r if k.startswith("vs_") and k != "vs_torch"})
+    """One line per row: throughput with its spread, per-step cost, GEMM efficiency, vs torch,
+    vs JAX's two forms when the run interleaved them (``--vs jax``: its whole-epoch scan's
+    samples/s, then the ratios to the scan and to the jitted step), and vs another bpgpu backend
+    when the run interleaved one (``bpgpu bench --vs torch,numpy``)."""
+    jax_keys = {f"vs_{prefix}" for prefix, _ in JAX_PEERS}
+    others = sorted({k[3:] for r in rows for k in r
+                     if k.startswith("vs_") and k != "vs_torch" and k not in jax_keys})
+    jax = any(k in r for r in rows for k in jax_keys)
+    jax_head = (" jax scan samples/s |" + "".join(f" vs {label} |" for _, label in JAX_PEERS)
+                if jax else "")
+    n_jax = 1 + len(JAX_PEERS) if jax else 0
     head = ("| backend | sizes | batch | dtype | samples/s (median, min–max) | µs/step | GFLOP/s "
-            "| % of GEMM ceiling | GEMM share of time | torch samples/s | vs torch |"
+            "| % of GEMM ceiling | GEMM share of time | torch samples/s | vs torch |" + jax_head
             + "".join(f" vs {o} |" for o in others))
-    lines = [head, "|" + "---|" * (11 + len(others))]
+    lines = [head, "|" + "---|" * (11 + n_jax + len(others))]
     for r in rows:
         spread = f"{r['samples_per_s_min'] / 1e3:.0f}–{r['samples_per_s_max'] / 1e3:.0f}k"
         frac = r.get("fraction_of_ceiling")
@@ -40,9 +50,20 @@ def markdown_table(rows) -> str:
             f"| {_fmt(gemm and 100 * gemm, '.0f')}{'' if gemm is None else ' %'} "
             f"| {_fmt(torch and torch / 1e3, '.1f')}{'' if torch is None else 'k'} "
             f"| {_fmt(ratio, '.2f')}{'' if ratio is None else '×'} |"
+            + (_jax_cells(r) if jax else "")
             + "".join(f" {_fmt(r.get('vs_' + o), '.2f')}{'×' if r.get('vs_' + o) else ''} |"
                       for o in others))
     return "\n".join(lines)
+
+
+def _jax_cells(r) -> str:
+    """The JAX columns of one row (dashes where the row has no JAX figures)."""
+    sps = r.get("jax_scan_samples_per_s")
+    cells = f" {_fmt(sps and sps / 1e3, '.1f')}{'' if sps is None else 'k'} |"
+    for prefix, _ in JAX_PEERS:
+        v = r.get(f"vs_{prefix}")
+        cells += f" {_fmt(v, '.2f')}{'' if v is None else '×'} |"
+    return cells
 
 
 def machine_lines(machine) -> str:
@@ -53,8 +74,15 @@ def machine_lines(machine) -> str:
                                            if "cuda_runtime" in g else "")
                      for g in machine["gpus"]) or "none"
     libs = ", ".join(f"{k} {val}" for k, val in v.items() if val)
-    return (f"- date: {machine['date']}\n- CPU: {machine['cpu']}, {machine['cores']} cores\n"
-            f"- BLAS: {blas or 'unknown'}\n- GPU: {gpus}\n- libraries: {libs}")
+    kernels = "; ".join(k["summary"] for k in machine.get("blas_kernels", []))
+    text = (f"- date: {machine['date']}\n- CPU: {machine['cpu']}, {machine['cores']} cores\n"
+            f"- BLAS: {blas or 'unknown'}" + (f"; {kernels}" if kernels else "")
+            + f"\n- GPU: {gpus}\n- libraries: {libs}")
+    jax = machine.get("jax")
+    if jax and jax.get("available"):
+        text += (f"\n- JAX: {jax['jax']} on {jax['device']}, float32, XLA intra-op threads "
+                 f"{jax['intra_op_threads']} ({jax['source']})")
+    return text
 
 
 def write_json(path, payload):
@@ -67,7 +95,8 @@ def write_markdown(path, rows, machine, extra=""):
 
 
 def plot_rows(rows, path):
-    """samples/s by batch size: one panel per layer sizes, one line per backend and PyTorch."""
+    """samples/s by batch size: one panel per layer sizes, one line per backend, PyTorch and each
+    form of JAX."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,6 +115,12 @@ def plot_rows(rows, path):
                     pts[r["batch"]] = r["torch_samples_per_s"]
             ax.plot(*zip(*sorted(pts.items())), marker="s", linestyle="--",
                     label=f"PyTorch eager ({device})")
+        for (prefix, label), style in zip(JAX_PEERS, (":", "-.")):
+            pts = {r["batch"]: r[f"{prefix}_samples_per_s"] for r in sub
+                   if r.get(f"{prefix}_samples_per_s")}
+            if pts:
+                ax.plot(*zip(*sorted(pts.items())), marker="^", linestyle=style,
+                        label=f"{label} (cpu)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
@@ -108,7 +143,7 @@ def update_readme(readme, markdown_path, plot_path, rows, machine,
         raise ValueError(f"{readme} has no {README_MARKER} line")
     head = text.split(README_MARKER)[0]
     block = (f"{README_MARKER}\nLatest run (`{command}`), "
-             f"float32, one MNIST epoch per repeat, training metrics off on both sides:\n\n"
+             f"float32, one MNIST epoch per repeat, training metrics off on every side:\n\n"
              f"{machine_lines(machine)}\n\n{markdown_table(rows)}\n\n"
              f"This run: [{markdown_path}]({markdown_path}); the full matrix: "
              f"[bench/results/cpu-full.md](bench/results/cpu-full.md)\n\n![samples/s]({plot_path})\n")

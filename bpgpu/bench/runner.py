@@ -1,5 +1,6 @@
 """Run benchmark cases: samples/s, µs per step, GFLOP/s against the measured GEMM ceiling, the
-GEMM/other time split, steady-state allocations, and the ratio against PyTorch on identical work.
+GEMM/other time split, steady-state allocations, and the ratios against PyTorch and JAX on
+identical work.
 
 Method (bench/NOTES.md): one warm-up epoch (numba compile, CUDA kernel compile, context creation,
 BLAS thread start), then ``repeats`` timed epochs; each epoch's time ends with a device
@@ -17,6 +18,8 @@ import numpy as np
 
 from ..backends import get_backend
 from ..mlp import MLP
+from .jax_ref import FORMS as JAX_FORMS
+from .jax_ref import JaxTrainer, jax_status, jax_unsupported
 from .torch_ref import TorchTrainer, torch_status
 from .workload import gemm_flops, step_bytes, step_flops
 
@@ -96,13 +99,28 @@ def _threads(be, batch):
     return info
 
 
-def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs_backend=None):
+def _peer_stats(prefix, n, peer_times, our_times):
+    """Row fields of one interleaved peer: its samples/s (median, min, max) and ``vs_<prefix>``,
+    the median of the per-round ratios (peer time / our time: how many times faster we are)."""
+    sps = n / np.array(peer_times)
+    return {f"{prefix}_samples_per_s": float(np.median(sps)),
+            f"{prefix}_samples_per_s_min": float(sps.min()),
+            f"{prefix}_samples_per_s_max": float(sps.max()),
+            f"vs_{prefix}": float(np.median(np.array(peer_times) / np.array(our_times)))}
+
+
+def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs_backend=None,
+             vs_jax=False):
     """Measure one case; return a JSON-ready row (see the module docstring for the method).
 
     With ``vs_torch`` the two sides alternate epoch by epoch (ours, torch, ours, torch, ...), and
     the ratio is the median of the per-pair ratios: slow drift of the machine cancels out.
     ``vs_backend`` (another bpgpu backend's name) joins the alternation the same way and gives
-    ``vs_<name>``: how many times faster this case's backend is than that one.
+    ``vs_<name>``: how many times faster this case's backend is than that one. ``vs_jax`` adds
+    JAX on the CPU in both of its forms (:mod:`bpgpu.bench.jax_ref`), each one more epoch per
+    round: ``vs_jax_scan`` (the whole epoch one jitted ``lax.scan``) and ``vs_jax_step`` (the
+    jitted step from a Python loop); a case JAX cannot run (GPU backend, float64) gets
+    ``jax_missing`` with the reason.
     """
     net = MLP(case.sizes, dtype=case.dtype, backend=case.backend, seed=0)
     other = None
@@ -118,8 +136,18 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
             fresh = MLP(case.sizes, dtype=case.dtype, backend="numpy", seed=0)
             trainer = TorchTrainer(fresh, device="cuda" if case.backend == "cupy" else "cpu")
             trainer.fit(X, y, epochs=1, batch_size=case.batch)                  # warm-up
+    jaxes, jax_why = {}, None
+    if vs_jax:
+        jax_mod, jax_why = jax_status()
+        jax_why = jax_why if jax_mod is None else jax_unsupported(case.backend, case.dtype)
+        if jax_why is None:
+            for form in JAX_FORMS:      # each from a fresh model: bpgpu's weights and generator
+                fresh = MLP(case.sizes, dtype=case.dtype, backend="numpy", seed=0)
+                jaxes[form] = JaxTrainer(fresh, form)
+                jaxes[form].fit(X, y, epochs=1, batch_size=case.batch)   # warm-up: jit compile
     net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
     ours, theirs, others = [], [], []
+    jax_times = {form: [] for form in jaxes}
     for _ in range(repeats):
         ours.append(net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
                             train_metrics=False).time[0])
@@ -128,6 +156,8 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
         if other is not None:
             others.append(other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
                                     train_metrics=False).time[0])
+        for form, peer in jaxes.items():
+            jax_times[form].append(peer.fit(X, y, epochs=1, batch_size=case.batch)[0])
     times = np.array(ours)
     sps = n / times
     flops = step_flops(case.sizes, case.batch) * (n // case.batch) + \
@@ -168,13 +198,20 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
         osps = n / np.array(others)
         row.update({f"{vs_backend}_samples_per_s": float(np.median(osps)),
                     f"vs_{vs_backend}": float(np.median(np.array(others) / times))})
+    if jaxes:
+        for form in jaxes:
+            row.update(_peer_stats(f"jax_{form}", n, jax_times[form], times))
+        row["jax_threads"] = jaxes[JAX_FORMS[0]].threads
+        row["jax_device"] = "cpu"
+    elif vs_jax:
+        row["jax_missing"] = jax_why
     return row
 
 
 def run_matrix(backends, sizes_list, batches, dtype, X, y, repeats=3, vs_torch=False,
-               progress=None, vs_backend=None):
+               progress=None, vs_backend=None, vs_jax=False):
     """Every backend × sizes × batch; ceilings measured once per (device, dtype) in the run.
-    ``vs_torch`` and ``vs_backend`` as in :func:`run_case`."""
+    ``vs_torch``, ``vs_backend`` and ``vs_jax`` as in :func:`run_case`."""
     ceilings, rows = {}, []
     for backend in backends:
         device = "gpu" if backend == "cupy" else "cpu"
@@ -184,7 +221,7 @@ def run_matrix(backends, sizes_list, batches, dtype, X, y, repeats=3, vs_torch=F
             for batch in batches:
                 case = BenchCase(backend, tuple(sizes), batch, dtype)
                 row = run_case(case, X, y, repeats, vs_torch, ceilings[(device, dtype)],
-                               vs_backend=vs_backend)
+                               vs_backend=vs_backend, vs_jax=vs_jax)
                 rows.append(row)
                 if progress:
                     progress(row)
