@@ -92,3 +92,133 @@ def test_future_version_and_inconsistent_shapes(tmp_path):
     with pytest.raises(bpgpu.ModelFileError, match="inconsistent"):
         bpgpu.load(path)
     assert zipfile.is_zipfile(path)
+
+
+# ------------------------------------------------------------------ damaged archives, precisely
+def _zip_with_central_flag(path, offset, value):
+    """Rewrite one field of every central-directory entry (offsets from the entry's start)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + offset:at + offset + 2] = value.to_bytes(2, "little")
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("offset,value,match", [
+    (8, 0x20, "NotImplementedError"),        # flag bit 5, "compressed patched data"
+    (8, 0x01, "RuntimeError|encrypted"),      # flag bit 0, an encrypted member
+    (10, 99, "compression method 99"),        # an unknown compression method
+])
+def test_zip_features_a_model_never_uses(tmp_path, offset, value, match):
+    path = tmp_path / "m.npz"
+    bpgpu.MLP([4, 3, 2]).save(path)
+    _zip_with_central_flag(path, offset, value)
+    with pytest.raises(bpgpu.ModelFileError, match=match):
+        bpgpu.load(path)
+
+
+def _npz_by_hand(path, members):
+    """An .npz whose members are given as raw bytes (header and data written separately)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, raw in members.items():
+            zf.writestr(name + ".npy", raw)
+
+
+def _npy(shape, dtype, data: bytes):
+    import io as _io
+    buf = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(
+        np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def test_header_claiming_huge_array_is_checked_before_allocating(tmp_path):
+    """A W0 header claiming 2^31 x 784 float32 (6 TiB) over 48 bytes of data: caught by size."""
+    path = tmp_path / "m.npz"
+    net = bpgpu.MLP([4, 3, 2])
+    meta = {"format": bio.FORMAT, "format_version": bio.FORMAT_VERSION, "config": net.config()}
+    members = {"metadata.json": _npy((len(json.dumps(meta)),), np.uint8, json.dumps(meta).encode()),
+               "W0": _npy((2 ** 31, 784), np.float32, bytes(48))}
+    _npz_by_hand(path, members)
+    with pytest.raises(bpgpu.ModelFileError, match="header says"):
+        bpgpu.load(path)
+
+
+def test_recorded_sizes_are_checked_before_the_model_allocates(tmp_path):
+    path = tmp_path / "m.npz"
+    bpgpu.MLP([4, 3, 2]).save(path)
+    _rewrite_meta(path, lambda m, a: m["config"].__setitem__("sizes", [4, 10 ** 9, 2]))
+    with pytest.raises(bpgpu.ModelFileError, match=r"inconsistent.*need W \(4, 1000000000\)"):
+        bpgpu.load(path)
+    _rewrite_meta(path, lambda m, a: m["config"].__setitem__("sizes", {"a": 1}))
+    with pytest.raises(bpgpu.ModelFileError, match="not a list of integers"):
+        bpgpu.load(path)
+
+
+def test_non_float_parameters_are_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    bpgpu.MLP([4, 3, 2]).save(path)
+    _rewrite_meta(path, lambda m, a: a.__setitem__("W0", a["W0"].astype(np.int64)))
+    with pytest.raises(bpgpu.ModelFileError, match="not floating point"):
+        bpgpu.load(path)
+
+
+# ------------------------------------------------------------------ file modes and durability
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it afterwards."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask,want", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_get_the_umask_mode(tmp_path, umask, mask, want):
+    umask(mask)
+    model, record = tmp_path / "m.npz", tmp_path / "r.json"
+    bpgpu.MLP([4, 3, 2]).save(model)
+    bio.atomic_write(record, lambda f: f.write(b"{}\n"))
+    assert _mode(model) == want and _mode(record) == want
+
+
+def test_plots_get_the_umask_mode(tmp_path, umask):
+    pytest.importorskip("matplotlib", reason="plots need the plot extra")
+    from bpgpu.plots import plot_confusion
+    umask(0o022)
+    plot_confusion([0, 1, 1], [0, 1, 0], tmp_path / "c.png")
+    assert _mode(tmp_path / "c.png") == 0o644
+
+
+@pytest.mark.parametrize("existing", [0o600, 0o640, 0o664])
+def test_replacing_a_file_keeps_its_mode(tmp_path, umask, existing):
+    umask(0o022)
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+    os.chmod(path, existing)
+    bpgpu.MLP([4, 3, 2]).save(path)
+    assert _mode(path) == existing and bpgpu.load(path).sizes == [4, 3, 2]
+
+
+def test_data_then_rename_then_directory_are_synced(tmp_path, monkeypatch):
+    import stat
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("rename")
+        real_replace(src, dst)
+    monkeypatch.setattr(bio.os, "fsync", fsync)
+    monkeypatch.setattr(bio.os, "replace", replace)
+    bio.atomic_write(tmp_path / "x.bin", lambda f: f.write(b"data"))
+    assert events == ["fsync file", "rename", "fsync dir"]
+    assert (tmp_path / "x.bin").read_bytes() == b"data"
