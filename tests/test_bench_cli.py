@@ -175,3 +175,42 @@ def test_openblas_kernels_without_threadpoolctl_asks_openblas_itself(monkeypatch
                         lambda name: None if name == "threadpoolctl" else real(name))
     without = sysinfo._openblas_libraries()
     assert [k for _, k in without] == [k for _, k in with_tpc]
+
+
+# ------------------------------------------------------------------ bench/gemm_providers.py
+def _gemm_providers():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "gemm_providers.py"
+    spec = importlib.util.spec_from_file_location("gemm_providers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gemm_provider_shapes_are_the_steps_gemms():
+    """The evaluation times exactly the GEMMs whose FLOPs bpgpu.bench.workload counts, stored as
+    the step stores them (Aᵀ·D reads A as (B, n); D·Wᵀ reads W as (n1, n2))."""
+    from bpgpu.bench.workload import step_flops
+    gp = _gemm_providers()
+    for sizes, batch in gp.WORKLOADS:
+        gemms = gp.step_gemms(sizes, batch)
+        assert sum(2 * m * n * k for _, m, n, k, _, _ in gemms) == step_flops(sizes, batch)
+        for _, m, n, k, ta, tb in gemms:
+            a, b, c = gp.operands(m, n, k, ta, tb)
+            assert c.shape == (m, n) and ((a.T if ta else a) @ (b.T if tb else b)).shape == (m, n)
+            assert (not ta or a.shape[0] == batch) and (not tb or b.shape == tuple(sizes[1:]))
+
+
+def test_gemm_provider_table_names_the_fastest_and_the_blis_ratio():
+    gp = _gemm_providers()
+    base = {"sizes": "784-100-10", "batch": 64, "gemm": "forward 1", "m": 64, "n": 100,
+            "k": 784, "trans_a": False, "trans_b": False, "err": 1e-7}
+    rows = [dict(base, provider="openblas-auto", threads=1, us=20.0),
+            dict(base, provider="openblas-auto", threads=2, us=16.0),
+            dict(base, provider="blis-native", threads=1, us=25.0)]
+    text = gp.markdown({"providers": {"openblas-auto": "x", "blis-native": "y"},
+                        "results": rows})
+    line = next(l for l in text.splitlines() if l.startswith("| 784-100-10 | 64 | forward 1"))
+    assert line.endswith("| openblas-auto 2t | 1.00× | 0.80× (blis-native) |")
+    assert "| 784-100-10 | 64 | 20 | 16 | 25 |" in text
