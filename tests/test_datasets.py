@@ -196,3 +196,103 @@ def test_csv_regression_target(tmp_path):
     data = load_csv(p, test_fraction=0.0)
     assert data.task == "regression" and data.y_train.dtype == np.float64
     assert data.feature_names == ["x", "colour=g", "colour=r"]
+
+
+# ------------------------------------------------------------------ IDX headers that lie
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_claiming_2_31_rows_is_checked_against_the_data(tmp_path, gz):
+    """A header claiming 2^31 x 28 x 28 images over 10 bytes: an error, not a 1.6 TB allocation."""
+    head = bytes([0, 0, 8, 3]) + np.array([2 ** 31, 28, 28], ">u4").tobytes()
+    p = tmp_path / ("x.gz" if gz else "x.idx")
+    p.write_bytes(gzip.compress(head + bytes(10)) if gz else head + bytes(10))
+    with pytest.raises(bpgpu.DataError, match="truncated"):
+        read_idx(p)
+
+
+def test_idx_gzip_is_decompressed_only_as_far_as_the_header_declares(tmp_path):
+    """A small header over a large run of zeros (a gzip 'bomb'): stops after the declared size."""
+    head = bytes([0, 0, 8, 1]) + np.array([16], ">u4").tobytes()
+    p = tmp_path / "bomb.gz"
+    p.write_bytes(gzip.compress(head + bytes(64 << 20), compresslevel=1))
+    with pytest.raises(bpgpu.DataError, match="more data than its IDX header declares"):
+        read_idx(p)
+
+
+def test_idx_gzip_members_and_trailing_bytes(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    raw = bytes([0, 0, 8, 2]) + np.array(arr.shape, ">u4").tobytes() + arr.tobytes()
+    p = tmp_path / "x.gz"
+    p.write_bytes(gzip.compress(raw[:10]) + gzip.compress(raw[10:]))   # two gzip members
+    np.testing.assert_array_equal(read_idx(p), arr)
+    p.write_bytes(gzip.compress(raw) + b"junk")
+    with pytest.raises(bpgpu.DataError, match="4 bytes after the end of the gzip stream"):
+        read_idx(p)
+
+
+def test_idx_too_many_dimensions(tmp_path):
+    p = tmp_path / "x.idx"
+    p.write_bytes(bytes([0, 0, 8, 40]) + np.ones(40, ">u4").tobytes() + b"\x07")
+    with pytest.raises(bpgpu.DataError, match="40 dimensions"):
+        read_idx(p)
+
+
+# ------------------------------------------------------------------ CSV encodings and bad values
+ACCENTED = "ville,température,catégorie\n" + "".join(
+    f"{['Zürich', 'Besançon', 'Málaga'][i % 3]},{10 + i * 0.5},{['été', 'hiver'][i % 2]}\n"
+    for i in range(12))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "latin-1", "cp1252", "utf-16"])
+def test_csv_encodings_are_detected(tmp_path, encoding):
+    """UTF-8 (with or without BOM), UTF-16 with its BOM, and Latin-1 / Windows-1252 exports."""
+    p = tmp_path / "x.csv"
+    p.write_bytes(ACCENTED.encode(encoding))
+    data = load_csv(p, test_fraction=0.0)
+    assert data.classes == ["hiver", "été"]
+    assert "ville=Besançon" in data.feature_names and "température" in data.feature_names
+
+
+def test_csv_windows_1252_punctuation(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_bytes("price,label\n€5,“a”\n€6,’b’\n€5,“a”\n".encode("cp1252"))
+    data = load_csv(p, test_fraction=0.0)
+    assert data.classes == ["’b’", "“a”"] and "price=€5" in data.feature_names
+
+
+def test_csv_explicit_encoding(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_bytes(ACCENTED.encode("latin-1"))
+    assert load_csv(p, encoding="latin-1", test_fraction=0.0).classes == ["hiver", "été"]
+    with pytest.raises(bpgpu.DataError, match="not valid utf-8"):
+        load_csv(p, encoding="utf-8")
+    with pytest.raises(bpgpu.DataError, match="unknown encoding"):
+        load_csv(p, encoding="no-such-codec")
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a,b\n1,nan\n2,3\n", "line 2: column 'b' holds 'nan', not a finite number"),
+    ("a,b\n1,2\n1e999,3\n", "line 3: column 'a' holds '1e999'"),
+    ("a,a\n1,2\n", "column 'a' appears twice"),
+    ("a\n1\n2\n", "no feature columns"),
+    ("a,b\n1,2\n3,\"" + "x" * 200_000 + "\"\n", "line 3: not readable as CSV"),
+    ("id,y\n" + "".join(f"row{i},{i % 2}\n" for i in range(1200)), "1200 distinct values"),
+])
+def test_csv_bad_values_name_line_and_column(tmp_path, text, match):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(bpgpu.DataError, match=match):
+        load_csv(p, test_fraction=0.0)
+
+
+def test_csv_blank_lines_are_skipped_and_lines_counted(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("a,b\n1,2\n\n3,4\n\n5,\n")
+    with pytest.raises(bpgpu.DataError, match="line 6: missing value in column 'b'"):
+        load_csv(p)
+
+
+def test_csv_huge_values_are_standardised_without_overflow(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("a,y\n1e300,0\n-1e300,1\n1e300,0\n-1e300,1\n")
+    data = load_csv(p, test_fraction=0.0)
+    assert np.all(np.isfinite(data.X_train)) and sorted(data.X_train[:, 0]) == [-1, -1, 1, 1]

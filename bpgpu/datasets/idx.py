@@ -3,12 +3,15 @@
 IDX: two zero bytes, a type code, the number of dimensions, then each dimension as a big-endian
 uint32, then the data in C order, big-endian. The reader checks every one of those and says exactly
 what is wrong with a bad file (bad magic, unknown type, truncated data, trailing bytes, a damaged
-gzip stream).
+gzip stream). It never allocates more than the file holds: the header's dimensions are checked
+against the data actually present before any array is made, and a gzip stream is decompressed only
+up to the size its header declares (a corrupt or hostile header cannot make it allocate gigabytes).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -22,13 +25,60 @@ _TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2
           0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+#: numpy's oldest supported limit on dimensions; real IDX files have 1 to 4
+_MAX_DIMS = 32
+_GZIP_CHUNK = 8 << 20   # decompressed bytes per step of the bounded gunzip
+
+
+def _declared_size(head) -> int | None:
+    """Total size (header + data) an IDX header declares, or None while it is incomplete or
+    invalid (then read_idx_bytes says what is wrong with it)."""
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _TYPES or not 0 < head[3] <= _MAX_DIMS:
+        return None
+    header = 4 + 4 * head[3]
+    if len(head) < header:
+        return None
+    dims = np.frombuffer(bytes(head[4:header]), ">u4")
+    return header + math.prod(int(d) for d in dims) * _TYPES[head[2]].itemsize
+
+
+def _gunzip(data: bytes, path) -> bytes:
+    """Decompress gzip ``data`` (one or more members), stopping as soon as the output exceeds the
+    size the IDX header at its start declares."""
+    out = bytearray()
+    rest = data
+    while True:   # one gzip member per pass
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)   # the gzip wrapper checks CRC32 and length
+        while not d.eof:
+            chunk = d.decompress(rest, _GZIP_CHUNK)
+            if not chunk and len(d.unconsumed_tail) == len(rest):   # no progress: input is over
+                raise DataError(f"{path}: damaged or truncated gzip stream (it ends early)")
+            rest = d.unconsumed_tail
+            out += chunk
+            limit = _declared_size(out)
+            if limit is not None and len(out) > limit:
+                raise DataError(f"{path}: more data than its IDX header declares "
+                                f"({limit} bytes in all)")
+            if limit is None and len(out) >= 4 + 4 * _MAX_DIMS:
+                return bytes(out)   # a header no reader accepts: read_idx_bytes says why
+        rest = d.unused_data
+        if not rest:
+            return bytes(out)
+        if rest[:2] != b"\x1f\x8b":
+            raise DataError(f"{path}: {len(rest)} bytes after the end of the gzip stream")
+
+
 def _raw_bytes(path) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read()
+    """The decompressed content of an IDX file (gzip detected by its magic number)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if data[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as exc:
+            return _gunzip(data, path)
+        except zlib.error as exc:
             raise DataError(f"{path}: damaged or truncated gzip stream ({exc})") from None
     return data
 
@@ -43,14 +93,15 @@ def read_idx_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     code, ndim = data[2], data[3]
     if code not in _TYPES:
         raise DataError(f"{name}: unknown IDX data type 0x{code:02x}")
-    if ndim == 0:
-        raise DataError(f"{name}: IDX header declares 0 dimensions")
+    if ndim == 0 or ndim > _MAX_DIMS:
+        raise DataError(f"{name}: IDX header declares {ndim} dimensions (1 to {_MAX_DIMS} "
+                        "supported)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{name}: truncated header ({len(data)} of {header} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
     dtype = _TYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize   # exact integers: no overflow, checked first
     found = len(data) - header
     if found < expected:
         raise DataError(f"{name}: truncated: header says {dims} ({expected} bytes of data), "

@@ -4,12 +4,23 @@ The tutorials' graduate-admissions example (admit ~ gre + gpa + rank) is the mod
 named column; a column whose every value parses as a number is numeric and is standardised with the
 *training* split's mean and standard deviation; any other column is categorical and becomes one-hot
 columns (categories seen in training). A numeric column can be forced categorical (``rank``).
-Missing values are an error that names the row and column, never a silent NaN.
+Missing values are an error that names the row and column, never a silent NaN; so are numbers that
+are not finite (``nan``, ``inf``, ``1e999``).
+
+Encoding: a file is read as UTF-8 when it is valid UTF-8 (with or without a byte-order mark), as
+UTF-16 when it starts with a UTF-16 byte-order mark, and otherwise as Windows-1252 — the encoding of
+spreadsheet exports on Western-language Windows, and Latin-1 with printable characters in place of
+Latin-1's unused control codes (the five bytes Windows-1252 leaves undefined are read as Latin-1).
+Text that is not UTF-8 is almost never valid UTF-8 by accident, so the first rule is reliable; the
+fallback always decodes. ``encoding=`` names one explicitly instead.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -40,7 +51,68 @@ def _is_number(s):
         return False
 
 
-def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, seed=0):
+def _decode(raw: bytes, path, encoding=None) -> tuple[str, str]:
+    """Decode a CSV file's bytes by the rule in the module docstring; return (text, encoding)."""
+    if encoding is not None:
+        try:
+            return raw.decode(encoding), encoding
+        except LookupError:
+            raise DataError(f"unknown encoding {encoding!r}") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not valid {encoding} (byte {exc.start}: "
+                            f"{raw[exc.start:exc.start + 1].hex()})") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: starts with a UTF-16 byte-order mark but is not valid "
+                            f"UTF-16 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1").translate(_CP1252), "cp1252"
+
+
+#: Latin-1 text -> Windows-1252 text: the bytes 0x80-0x9f that Windows-1252 defines (quotes, dashes,
+#: the euro sign ...) instead of Latin-1's control codes; the five it leaves undefined stay as they are.
+_CP1252 = {b: bytes([b]).decode("cp1252") for b in range(0x80, 0xA0)
+           if b not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}
+
+
+def _read_rows(path, encoding):
+    """The CSV's rows as (line number, fields), blank lines skipped."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text, _ = _decode(raw, path, encoding)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if row:
+                rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
+    return rows
+
+
+def _number(value, path, line, column):
+    x = float(value)
+    if not math.isfinite(x):
+        raise DataError(f"{path}, line {line}: column {column!r} holds {value!r}, not a finite "
+                        "number")
+    return x
+
+
+#: Most distinct values a categorical column may have (each becomes one input column): more is
+#: almost always an identifier or free text, and one-hot would need rows x values memory.
+MAX_CATEGORIES = 1000
+
+
+def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, seed=0,
+             encoding=None):
     """Load a CSV with a header row.
 
     Parameters
@@ -55,33 +127,58 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
         distinct values.
     test_fraction : float
         Share of rows (shuffled with ``seed``) held out as the test split; 0 keeps all for training.
+    encoding : str, optional
+        The file's text encoding; by default UTF-8, UTF-16 with a byte-order mark, or Windows-1252,
+        chosen by the rule in this module's docstring.
 
     Returns
     -------
     TabularData
-        ``X`` float64 (N, n_features); ``y`` int64 labels or float64 targets.
+        ``X`` float64 (N, n_features), finite; ``y`` int64 labels or float64 targets.
+
+    Raises
+    ------
+    DataError
+        Unreadable file, malformed CSV, missing or non-finite values, an unknown column, ... with
+        the file, line and column.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    if not 0 <= test_fraction < 1:
+        raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    rows = _read_rows(path, encoding)
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body = [h.strip() for h in rows[0][1]], rows[1:]
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(name)
     target = target or header[-1]
     if target not in header:
         raise DataError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
+    if len(header) < 2:
+        raise DataError(f"{path}: no feature columns besides the target {target!r}")
     for name in categorical:
         if name not in header:
             raise DataError(f"{path}: no column {name!r} to treat as categorical")
-    for i, row in enumerate(body, start=2):
+    for line, row in body:
         if len(row) != len(header):
-            raise DataError(f"{path}, line {i}: {len(row)} fields, header has {len(header)}")
+            raise DataError(f"{path}, line {line}: {len(row)} fields, header has {len(header)}")
         for name, value in zip(header, row):
             if value.strip() == "":
-                raise DataError(f"{path}, line {i}: missing value in column {name!r}")
-    cols = {name: [r[j].strip() for r in body] for j, name in enumerate(header)}
+                raise DataError(f"{path}, line {line}: missing value in column {name!r}")
+    lines = [line for line, _ in body]
+    cols = {name: [r[j].strip() for _, r in body] for j, name in enumerate(header)}
+
+    def numbers(name):
+        """The column as finite floats, or None when some value is not a number (categorical)."""
+        values = cols[name]
+        if not all(_is_number(v) for v in values):
+            return None
+        return np.array([_number(v, path, line, name) for v, line in zip(values, lines)])
 
     n = len(body)
     rng = np.random.default_rng(seed)
@@ -91,35 +188,49 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
     if train_idx.size == 0:
         raise DataError(f"{path}: test_fraction={test_fraction} leaves no training rows")
 
+    y_num = numbers(target)
     y_raw = cols.pop(target)
-    numeric_y = all(_is_number(v) for v in y_raw)
     if task == "auto":
-        integer_like = numeric_y and all(float(v).is_integer() for v in y_raw)
-        task = "classification" if (not numeric_y or (integer_like and
+        integer_like = y_num is not None and all(float(v).is_integer() for v in y_num)
+        task = "classification" if (y_num is None or (integer_like and
                                                       len(set(y_raw)) <= 20)) else "regression"
     if task == "classification":
-        classes = sorted(set(y_raw), key=lambda v: (float(v) if numeric_y else 0, v))
+        classes = sorted(set(y_raw), key=lambda v: (float(v) if y_num is not None else 0, v))
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index[v] for v in y_raw], np.int64)
     elif task == "regression":
-        if not numeric_y:
+        if y_num is None:
             raise DataError(f"{path}: regression target {target!r} has non-numeric values")
-        classes, y = None, np.array([float(v) for v in y_raw])
+        classes, y = None, y_num
     else:
         raise DataError(f"task must be auto, classification or regression, got {task!r}")
 
     features, names = [], []
     for name, values in cols.items():
-        if name not in categorical and all(_is_number(v) for v in values):
-            x = np.array([float(v) for v in values])
-            mu, sd = x[train_idx].mean(), x[train_idx].std()
-            features.append(((x - mu) / (sd if sd > 0 else 1.0))[:, None])
+        x = None if name in categorical else numbers(name)
+        if x is not None:
+            with np.errstate(all="ignore"):
+                mu, sd = x[train_idx].mean(), x[train_idx].std()
+                if not (np.isfinite(mu) and np.isfinite(sd)):   # near the float limit: scale first
+                    x = x / np.abs(x).max()
+                    mu, sd = x[train_idx].mean(), x[train_idx].std()
+                z = (x - mu) / (sd if sd > 0 else 1.0)
+            if not np.all(np.isfinite(z)):   # test rows far outside the training rows' range
+                raise DataError(f"{path}: column {name!r} cannot be standardised with the "
+                                "training rows' mean and deviation (some values overflow; "
+                                "rescale the column)")
+            features.append(z[:, None])
             names.append(name)
         else:
             cats = sorted(set(values[i] for i in train_idx))
-            onehot = np.array([[v == c for c in cats] for v in values], np.float64)
-            features.append(onehot)
+            if len(cats) > MAX_CATEGORIES:
+                raise DataError(f"{path}: column {name!r} has {len(cats)} distinct values in the "
+                                f"training rows (at most {MAX_CATEGORIES} as categories): an "
+                                "identifier or free text? drop it")
+            index = {c: i for i, c in enumerate(cats)}
+            codes = np.array([index.get(v, -1) for v in values])
+            features.append((codes[:, None] == np.arange(len(cats))).astype(np.float64))
             names += [f"{name}={c}" for c in cats]
-    X = np.hstack(features) if features else np.empty((n, 0))
+    X = np.hstack(features)
     return TabularData(X[train_idx], y[train_idx], X[test_idx], y[test_idx], names,
                        [str(c) for c in classes] if classes is not None else None, task)
