@@ -15,10 +15,10 @@ from .errors import BackendUnavailable, BpgpuError, ConfigError, DataError, Mode
 from .gradcheck import gradcheck
 from .io import load
 from .mlp import MLP
-from .train import History
+from .train import History, TrainingInterrupted
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "History", "load", "gradcheck", "datasets", "available_backends",
+__all__ = ["MLP", "History", "TrainingInterrupted", "load", "gradcheck", "datasets", "available_backends",
            "get_backend", "use_backend", "BpgpuError", "BackendUnavailable", "ConfigError",
            "DataError", "ModelFileError", "__version__"]

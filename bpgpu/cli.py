@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -34,15 +35,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _csv_ints(text):
+    """``"256,128"`` -> ``[256, 128]`` (an argparse type; a list passes through unchanged)."""
+    if isinstance(text, list):
+        return text
     try:
         return [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+
+
+def _int_at_least(low):
+    """An argparse type: an integer >= ``low``, with a one-line message otherwise."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") \
+                from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _writable(path, what):
     if path is None:
         return
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path}: is a directory, not a file name")
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(directory):
         raise UsageError(f"{what} {path}: directory {directory} does not exist")
@@ -105,10 +130,66 @@ def _build_model(args, data):
                init=args.init, dtype=args.dtype, backend=args.backend, seed=args.seed)
 
 
+#: `bpgpu train` options a checkpoint keeps, so that `--resume PATH` alone continues the run
+#: (the output paths, the backend and --quiet may change between the two runs).
+RESUMED_OPTIONS = ("dataset", "target", "hidden", "activation", "output", "loss", "init", "seed",
+                   "dtype", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                   "weight_decay", "dropout", "validation_split", "early_stopping", "no_shuffle",
+                   "checkpoint_every")
+
+
+def _given_on_command_line(args) -> set:
+    """Names of the `bpgpu train` options the command line gave explicitly."""
+    train = build_parser().train_parser
+    for action in train._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(train.parse_args(args.argv[args.argv.index("train") + 1:])))
+
+
+def _apply_resume(args):
+    """Fill ``args`` from the checkpoint ``--resume`` names (options given explicitly win; those
+    that change the training's path then make fit refuse the resume with a clear error)."""
+    from .checkpoint import read_checkpoint
+    saved = read_checkpoint(args.resume).state.get("info") or {}
+    if "train_options" not in saved:
+        raise UsageError(f"--resume {args.resume}: this checkpoint was not written by bpgpu "
+                         "train; continue it with fit(resume=...)")
+    given = _given_on_command_line(args)
+    for name, value in saved["train_options"].items():
+        if name in RESUMED_OPTIONS and name not in given:
+            setattr(args, name, value)
+    if args.checkpoint is None:
+        args.checkpoint = args.resume
+
+
+def _save_after_interrupt(args, net, stop):
+    """What a first Ctrl-C/SIGTERM leaves: the last completed epoch in --save (and the
+    checkpoint fit wrote), said on one line; the exit status is 128 + the signal."""
+    name = signal.Signals(stop.signum).name
+    if not stop.restored:
+        print(f"bpgpu: {name} again: stopped at once (files written before are complete)",
+              file=sys.stderr)
+        return 128 + stop.signum
+    epoch = stop.history.epoch[-1] if stop.history.epoch else 0
+    written = []
+    if args.save:
+        net.save(args.save)
+        written.append(f"model {args.save}")
+    if stop.checkpoint:
+        written.append(f"checkpoint {stop.checkpoint}")
+    what = " and ".join(written) if written else "nothing (no --save or --checkpoint given)"
+    print(f"bpgpu: {name}: stopped; saved epoch {epoch}: {what}", file=sys.stderr)
+    return 128 + stop.signum
+
+
 def cmd_train(args):
     from .backends import auto_reason
     from .datasets import load_dataset
+    from .train import TrainingInterrupted
+    if args.resume:
+        _apply_resume(args)
     _writable(args.save, "--save")
+    _writable(args.checkpoint, "--checkpoint")
     _writable(args.json, "--json")
     _writable(args.plot, "--plot")
     if args.plot:
@@ -124,11 +205,18 @@ def cmd_train(args):
     print(f"model: {net}; dataset {data.name}: {len(data.X_train)} train, {len(data.X_test)} "
           f"test", file=sys.stderr)
     t0 = time.perf_counter()
-    history = net.fit(data.X_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
-                      optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                      weight_decay=args.weight_decay, dropout=args.dropout,
-                      validation_split=args.validation_split, early_stopping=args.early_stopping,
-                      shuffle=not args.no_shuffle, progress=not args.quiet)
+    info = {"train_options": {k: getattr(args, k) for k in RESUMED_OPTIONS}}
+    try:
+        history = net.fit(data.X_train, data.y_train, epochs=args.epochs,
+                          batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                          momentum=args.momentum, weight_decay=args.weight_decay,
+                          dropout=args.dropout, validation_split=args.validation_split,
+                          early_stopping=args.early_stopping, shuffle=not args.no_shuffle,
+                          progress=not args.quiet, checkpoint=args.checkpoint,
+                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          checkpoint_info=info)
+    except TrainingInterrupted as stop:
+        return _save_after_interrupt(args, net, stop)
     wall = time.perf_counter() - t0
     test = net.evaluate(data.X_test, data.y_test)
     if history.stop_reason != "completed":
@@ -198,7 +286,7 @@ def cmd_gradcheck(args):
     from .gradcheck import gradcheck_layers
     from .mlp import MLP
     data = load_dataset(args.dataset, seed=args.seed)
-    sizes = [data.n_inputs] + _csv_ints(args.hidden) + [data.n_outputs]
+    sizes = [data.n_inputs] + list(args.hidden) + [data.n_outputs]
     net = MLP(sizes, activation=args.activation, output=args.output, loss=args.loss,
               init=args.init, dtype="float64", backend=args.backend, seed=args.seed)
     X, y = data.X_train[:args.batch], data.y_train[:args.batch]
@@ -346,18 +434,33 @@ def cmd_bench(args):
 
 
 # ---------------------------------------------------------------------------------------- parser
-def _add_model_args(p, defaults):
-    p.add_argument("--hidden", default=defaults["hidden"],
-                   help="hidden layer widths, comma-separated (default %(default)s)")
-    p.add_argument("--activation", default=defaults["activation"],
-                   choices=["sigmoid", "tanh", "relu", "identity"])
-    p.add_argument("--output", default=defaults["output"],
-                   choices=["sigmoid", "tanh", "relu", "identity", "softmax"])
-    p.add_argument("--loss", default=defaults["loss"], choices=["ce", "bce", "mse"])
-    p.add_argument("--init", default=defaults["init"], choices=["normal", "large", "xavier", "he"])
+def _choices():
+    """The names each option accepts, from the tables of the modules that own them."""
+    from .activations import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
+    from .backends import backend_names
+    from .demos import DEMOS
+    from .init import INITS
+    from .mlp import _DTYPES
+    from .optim import OPTIMIZERS
+    return dict(activation=HIDDEN_ACTIVATIONS, output=OUTPUT_ACTIVATIONS, loss=LOSSES, init=INITS,
+                optimizer=OPTIMIZERS, backend=("auto",) + backend_names(), dtype=tuple(_DTYPES),
+                demo=tuple(DEMOS))
+
+
+def _add_backend_arg(p, choices):
     p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"),
-                   help="auto, numpy, numba or cupy (default: auto or $BPGPU_BACKEND)")
-    p.add_argument("--seed", type=int, default=0)
+                   choices=choices["backend"], help="default: auto, or $BPGPU_BACKEND")
+
+
+def _add_model_args(p, defaults, choices):
+    p.add_argument("--hidden", default=defaults["hidden"], type=_csv_ints,
+                   help="hidden layer widths, comma-separated (default %(default)s)")
+    p.add_argument("--activation", default=defaults["activation"], choices=choices["activation"])
+    p.add_argument("--output", default=defaults["output"], choices=choices["output"])
+    p.add_argument("--loss", default=defaults["loss"], choices=choices["loss"])
+    p.add_argument("--init", default=defaults["init"], choices=choices["init"])
+    _add_backend_arg(p, choices)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--dataset", default="mnist",
                    help="mnist, fashion-mnist, xor, moons, an IDX directory or a CSV file")
     p.add_argument("--target", default=None, help="target column of a CSV dataset (default: last)")
@@ -367,6 +470,7 @@ def build_parser():
     parser = _Parser(prog="bpgpu", description="Back-propagation MLPs on NumPy, Numba or CuPy.")
     parser.add_argument("--version", action="version", version=f"bpgpu {_version()}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+    choices = _choices()
 
     p = sub.add_parser("info", help="versions, CPU, BLAS, backends and GPUs")
     p.add_argument("--json", action="store_true", help="print the machine record as JSON")
@@ -374,37 +478,42 @@ def build_parser():
 
     d = TRAIN_DEFAULTS
     p = sub.add_parser("train", help="train a network (default: MNIST, best backend)")
-    _add_model_args(p, d)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--optimizer", default=d["optimizer"],
-                   choices=["sgd", "momentum", "nesterov", "adam"])
+    _add_model_args(p, d, choices)
+    p.add_argument("--dtype", default="float32", choices=choices["dtype"])
+    p.add_argument("--epochs", type=_positive_int, default=d["epochs"])
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    p.add_argument("--optimizer", default=d["optimizer"], choices=choices["optimizer"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--momentum", type=float, default=d["momentum"])
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--validation-split", type=float, default=None)
-    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    p.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE")
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="write a resumable checkpoint after every epoch (and on Ctrl-C)")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="write the checkpoint every N epochs (default 1)")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue the run a checkpoint holds (its options unless given again)")
     p.add_argument("--json", metavar="PATH", help="write history, test metrics, backend, time")
     p.add_argument("--plot", metavar="PATH.png", help="plot loss and accuracy per epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     p.set_defaults(func=cmd_train)
+    parser.train_parser = p
 
     p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's test split")
     p.add_argument("model")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--target", default=None)
-    p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
+    _add_backend_arg(p, choices)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the textbook networks: moons, xor, regression, digits, "
                                      "costs, init, tabular")
-    p.add_argument("name", choices=["moons", "xor", "regression", "digits", "costs", "init",
-                                    "tabular"])
-    p.add_argument("--backend", default=os.environ.get("BPGPU_BACKEND", "auto"))
+    p.add_argument("name", choices=choices["demo"])
+    _add_backend_arg(p, choices)
     p.add_argument("--out", default=".", help="directory for the pictures (default: here)")
     p.set_defaults(func=cmd_demo)
 
@@ -413,12 +522,15 @@ def build_parser():
 
     p = sub.add_parser("bench", help="throughput of every backend vs PyTorch and the GEMM ceiling")
     p.add_argument("--backends", default=None, help="comma-separated (default: every available)")
-    p.add_argument("--batch-sizes", default=None, help="default 10,64,256,1024,8192")
+    p.add_argument("--batch-sizes", default=None, type=_csv_ints,
+                   help="default 10,64,256,1024,8192")
     p.add_argument("--sizes", default=None,
                    help="layer sizes, comma-separated (default 784-100-10,784-1024-10,784-512-512-10)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--epochs", type=int, default=None, help="timed epochs per row (default 3)")
-    p.add_argument("--samples", type=int, default=60000, help="training samples per epoch")
+    p.add_argument("--dtype", default="float32", choices=choices["dtype"])
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="timed epochs per row (default 3)")
+    p.add_argument("--samples", type=_positive_int, default=60000,
+                   help="training samples per epoch")
     p.add_argument("--quick", action="store_true",
                    help="batch 64 and 1024 on 784-100-10, 2 epochs: under a minute on 2 cores")
     p.add_argument("--vs", default=None, metavar="torch[,jax][,BACKEND]",
@@ -437,9 +549,9 @@ def build_parser():
 
     p = sub.add_parser("gradcheck", help="back-propagation vs finite differences, per layer")
     _add_model_args(p, dict(hidden="30", activation="sigmoid", output="softmax", loss="ce",
-                            init="normal"))
-    p.add_argument("--batch", type=int, default=16, help="samples in the checked batch")
-    p.add_argument("--per-layer", type=int, default=200,
+                            init="normal"), choices)
+    p.add_argument("--batch", type=_positive_int, default=16, help="samples in the checked batch")
+    p.add_argument("--per-layer", type=_positive_int, default=200,
                    help="entries checked per W and b (random subset)")
     p.add_argument("--eps", type=float, default=1e-6)
     p.add_argument("--tol", type=float, default=1e-6)
@@ -454,13 +566,19 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return args.func(args)
-    except (UsageError, BpgpuError, OSError) as exc:
+    except (UsageError, BpgpuError, OSError, argparse.ArgumentError,
+            argparse.ArgumentTypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"bpgpu: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bpgpu: interrupted", file=sys.stderr)
-        return 130
+    except MemoryError as exc:   # e.g. --hidden 100000000: the sizes asked for more than there is
+        print(f"bpgpu: error: not enough memory for what was asked{f' ({exc})' if str(exc) else ''}"
+              " (smaller --hidden, --batch-size or --samples?)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"bpgpu: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

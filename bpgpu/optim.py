@@ -18,13 +18,48 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 class SGD:
     """Plain stochastic gradient descent: ``p -= lr * (g + wd * p)``."""
 
+    name = "sgd"
+
     def __init__(self, backend, n_params, dtype, *, lr, weight_decay=0.0, n_decay=0):
         self.backend, self.dtype, self.lr = backend, dtype, float(lr)
         self.weight_decay, self.n_decay = float(weight_decay), int(n_decay)
 
+    #: names of the device buffers that carry state from step to step (none for plain SGD)
+    buffers = ()
+
     def update(self, params, grads):
         """Apply one update to ``params`` (shape (P,)) in place; ``grads`` may be overwritten."""
         self.backend.sgd_update(params, grads, self.lr, self.weight_decay, self.n_decay)
+
+    def hyperparameters(self) -> dict:
+        """The settings that shape the trajectory (saved in checkpoints, compared on resume)."""
+        return {"optimizer": self.name, "lr": self.lr, "weight_decay": self.weight_decay}
+
+    def state(self) -> tuple[dict, dict]:
+        """``(scalars, arrays)``: the step-to-step state as plain numbers and host arrays of
+        shape (P,) -- everything :meth:`load_state` needs to continue bit for bit."""
+        arrays = {name: self.backend.to_host(getattr(self, name)) for name in self.buffers}
+        return {"t": getattr(self, "t", 0)}, arrays
+
+    def load_state(self, scalars, arrays) -> None:
+        """Restore what :meth:`state` returned (onto this optimizer's backend)."""
+        for name in self.buffers:
+            host = arrays[name]
+            buf = getattr(self, name)
+            if host.shape != buf.shape:
+                raise ConfigError(f"optimizer state {name!r} has shape {host.shape}, this model "
+                                  f"needs {buf.shape}")
+            self.backend.upload(host.astype(buf.dtype, copy=False), buf)
+        if hasattr(self, "t"):
+            self.t = int(scalars["t"])
+
+    def copy_state(self, into) -> None:
+        """Copy this optimizer's device state buffers into ``into`` (another optimizer of the
+        same kind and size) and its step count: a snapshot that stays on the device."""
+        for name in self.buffers:
+            self.backend.copy(getattr(self, name), getattr(into, name))
+        if hasattr(self, "t"):
+            into.t = self.t
 
     def fused_sgd(self):
         """``(lr, weight_decay)`` when this update runs inside the gradient GEMMs
@@ -39,6 +74,8 @@ class SGD:
 
 class Momentum(SGD):
     """SGD with (optionally Nesterov) momentum, PyTorch's form: ``v = mu v + g``."""
+
+    buffers = ("velocity",)
 
     def __init__(self, backend, n_params, dtype, *, lr, momentum=0.9, nesterov=False, **kw):
         super().__init__(backend, n_params, dtype, lr=lr, **kw)
@@ -55,9 +92,14 @@ class Momentum(SGD):
         self.backend.momentum_update(params, grads, self.velocity, self.lr, self.momentum,
                                      self.weight_decay, self.n_decay, self.nesterov)
 
+    def hyperparameters(self) -> dict:
+        return dict(super().hyperparameters(), momentum=self.momentum)
+
 
 class Adam(SGD):
     """Adam with bias correction (Kingma & Ba 2015); L2 weight decay added to the gradient."""
+
+    buffers = ("m", "v")
 
     def __init__(self, backend, n_params, dtype, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
         super().__init__(backend, n_params, dtype, lr=lr, **kw)
@@ -69,6 +111,9 @@ class Adam(SGD):
     def fused_sgd(self):
         """None: the moments need the gradient itself."""
         return None
+
+    def hyperparameters(self) -> dict:
+        return dict(super().hyperparameters(), beta1=self.beta1, beta2=self.beta2, eps=self.eps)
 
     def update(self, params, grads):
         self.t += 1
@@ -83,12 +128,15 @@ def make_optimizer(name, backend, n_params, dtype, *, lr, momentum=0.9, weight_d
         raise ConfigError(f"learning rate must be positive, got {lr}")
     if weight_decay < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     common = dict(lr=lr, weight_decay=weight_decay, n_decay=n_decay)
     if name == "sgd":
-        return SGD(backend, n_params, dtype, **common)
-    if name in ("momentum", "nesterov"):
-        return Momentum(backend, n_params, dtype, momentum=momentum, nesterov=name == "nesterov",
-                        **common)
-    if name == "adam":
-        return Adam(backend, n_params, dtype, **common)
-    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        opt = SGD(backend, n_params, dtype, **common)
+    elif name == "adam":
+        opt = Adam(backend, n_params, dtype, **common)
+    else:
+        opt = Momentum(backend, n_params, dtype, momentum=momentum, nesterov=name == "nesterov",
+                       **common)
+    opt.name = name
+    return opt
