@@ -260,6 +260,8 @@ def cmd_demo(args):
                              "pip install scikit-learn")
     from .backends import get_backend
     get_backend(args.backend)  # a clear error before any work
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
     os.makedirs(args.out, exist_ok=True)
     demos.run_demo(args.name, backend=args.backend, out=args.out)
     return 0

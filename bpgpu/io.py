@@ -210,7 +210,8 @@ def read_archive(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ModelFileError(f"{path}: no such file")
+        raise ModelFileError(f"{path}: " + ("a directory, not a model file" if os.path.isdir(path)
+                                            else "no such file"))
     try:
         arrays = _read_npz(path)
         meta = _read_metadata(arrays, path)

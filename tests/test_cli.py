@@ -62,9 +62,19 @@ def test_train_textbook_csv(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["train", "--backend", "tpu"], "unknown backend"),
+    (["train", "--backend", "tpu"], "argument --backend: invalid choice: 'tpu'"),
     (["train", "--dataset", "nowhere"], "unknown dataset"),
-    (["train", "--epochs", "x"], "invalid int"),
+    (["train", "--epochs", "x"], "argument --epochs: expected an integer >= 1, got 'x'"),
+    (["train", "--epochs", "0"], "expected an integer >= 1, got 0"),
+    (["train", "--hidden", "abc"], "argument --hidden: expected comma-separated integers"),
+    (["train", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
+    (["train", "--early-stopping", "0"], "argument --early-stopping"),
+    (["train", "--save", "/"], "is a directory"),
+    (["gradcheck", "--hidden", "3,x"], "argument --hidden"),
+    (["bench", "--batch-sizes", "64,x"], "argument --batch-sizes"),
+    (["bench", "--samples", "0"], "argument --samples"),
+    (["demo", "nope"], "invalid choice: 'nope'"),
+    (["evaluate", "/"], "a directory, not a model file"),
     (["train", "--loss", "ce", "--output", "sigmoid", "--dataset", "xor"], "softmax"),
     (["train", "--save", "/no/such/dir/m.npz"], "does not exist"),
     (["train", "--json", "/no/such/dir/r.json"], "does not exist"),
@@ -116,3 +126,79 @@ def test_default_train_reaches_975_on_mnist(tmp_path):
 def test_version():
     res = run("--version")
     assert res.returncode == 0 and bpgpu.__version__ in res.stdout
+
+
+def test_env_backend_that_does_not_exist_is_a_clean_error():
+    assert_clean_error(run("train", "--dataset", "xor", env={"BPGPU_BACKEND": "tpu"}),
+                       "unknown backend")
+
+
+def test_demo_out_that_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert_clean_error(run("demo", "xor", "--out", str(f)), "not a directory")
+
+
+def test_damaged_inputs_are_one_line(tmp_path):
+    """The three escapes issue 10 found: a zip feature numpy cannot read, a non-UTF-8 CSV that is
+    not text at all, a bad --hidden (above); each is one line and exit 2."""
+    model = tmp_path / "m.npz"
+    bpgpu.MLP([2, 3, 2]).save(model)
+    data = bytearray(model.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    data[at + 8] |= 0x20   # "compressed patched data": zipfile raises NotImplementedError
+    model.write_bytes(bytes(data))
+    assert_clean_error(run("evaluate", str(model), "--dataset", "xor"), "m.npz")
+    csv = tmp_path / "bin.csv"
+    csv.write_bytes(b"a,b\n1,\x00" + bytes(range(256)) * 1000 + b"\n")
+    res = run("train", "--dataset", str(csv), "--epochs", "1", "--quiet")
+    assert_clean_error(res, "bin.csv")
+
+
+def test_latin1_csv_trains(tmp_path):
+    """A Latin-1 spreadsheet export loads (the encoding is detected) instead of failing."""
+    p = tmp_path / "villes.csv"
+    p.write_bytes(("température,région,classe\n" + "".join(
+        f"{i % 9},{['Zürich', 'Besançon'][i % 2]},{'ab'[i % 2]}\n" for i in range(40)))
+        .encode("latin-1"))
+    res = run("train", "--dataset", str(p), "--hidden", "4", "--epochs", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    """A model larger than memory (e.g. --hidden 10000000000): one line, exit 2 (in-process, with
+    the allocation failure simulated rather than provoked)."""
+    from bpgpu import cli, mlp
+
+    def no_memory(*a, **k):
+        raise MemoryError("Unable to allocate 74.5 GiB")
+    monkeypatch.setattr(mlp.MLP, "__init__", no_memory)
+    assert cli.main(["train", "--dataset", "xor", "--hidden", "10000000000", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bpgpu: error: not enough memory"), err
+
+
+def test_choices_come_from_the_module_tables():
+    """--activation, --output, --loss, --init, --optimizer, --backend, --dtype and the demo names
+    offer exactly what the modules that own them define."""
+    from bpgpu import activations, backends, demos, init, mlp, optim
+    from bpgpu.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    want = {"activation": activations.HIDDEN_ACTIVATIONS,
+            "output": activations.OUTPUT_ACTIVATIONS, "loss": activations.LOSSES,
+            "init": init.INITS, "optimizer": optim.OPTIMIZERS,
+            "backend": ("auto",) + backends.backend_names(), "dtype": tuple(mlp._DTYPES)}
+    train = {a.dest: a.choices for a in sub["train"]._actions}
+    for dest, names in want.items():
+        assert tuple(train[dest]) == tuple(names), dest
+    grad = {a.dest: a.choices for a in sub["gradcheck"]._actions}
+    for dest in ("activation", "output", "loss", "init", "backend"):
+        assert tuple(grad[dest]) == tuple(want[dest]), dest
+    for cmd in ("evaluate", "demo"):
+        assert tuple(next(a for a in sub[cmd]._actions if a.dest == "backend").choices) == \
+            want["backend"]
+    assert tuple(next(a for a in sub["demo"]._actions if a.dest == "name").choices) == \
+        tuple(demos.DEMOS)
+    assert tuple(next(a for a in sub["bench"]._actions if a.dest == "dtype").choices) == \
+        want["dtype"]
