@@ -105,7 +105,7 @@ def test_a_checkpoint_is_also_a_model_file(small, tmp_path):
     net = _net("numpy", "float32")
     net.fit(X, y, epochs=1, checkpoint=tmp_path / "c.npz", **FIT)
     loaded = bpgpu.load(tmp_path / "c.npz")
-    assert np.array_equal(_flat(loaded), _flat(net))
+    assert np.array_equal(_flat(loaded), _flat(net))   # exact: stored and read back, no math
 
 
 def _write_ckpt(small, tmp_path, **fit):
@@ -183,12 +183,12 @@ def test_a_signal_keeps_the_last_completed_epoch_and_resumes_exactly(signum, sma
     stop = info.value
     assert stop.signum == signum and stop.restored and stop.checkpoint == str(path)
     assert stop.history.epoch == [1] and "interrupted by" in stop.history.stop_reason
-    assert np.array_equal(_flat(net), _flat(after_one))            # back to the end of epoch 1
+    assert np.array_equal(_flat(net), _flat(after_one))   # back to epoch 1: a copy, exact
     assert read_checkpoint(path).epoch == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers restored
     resumed = _net("numpy", "float64")
     resumed.fit(X, y, epochs=3, resume=path, **fit)
-    assert np.array_equal(_flat(resumed), _flat(whole))
+    assert np.array_equal(_flat(resumed), _flat(whole))   # same backend, same calls: exact
 
 
 def test_a_second_signal_stops_at_once(small, monkeypatch):

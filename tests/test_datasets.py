@@ -223,7 +223,7 @@ def test_idx_gzip_members_and_trailing_bytes(tmp_path):
     raw = bytes([0, 0, 8, 2]) + np.array(arr.shape, ">u4").tobytes() + arr.tobytes()
     p = tmp_path / "x.gz"
     p.write_bytes(gzip.compress(raw[:10]) + gzip.compress(raw[10:]))   # two gzip members
-    np.testing.assert_array_equal(read_idx(p), arr)
+    np.testing.assert_array_equal(read_idx(p), arr)   # uint8: integers
     p.write_bytes(gzip.compress(raw) + b"junk")
     with pytest.raises(bpgpu.DataError, match="4 bytes after the end of the gzip stream"):
         read_idx(p)

@@ -126,14 +126,16 @@ def test_idx_unmutated_round_trip(work):
     for gz in (False, True):
         p = work / ("base.gz" if gz else "base.idx")
         write_idx(p, IDX_ARRAY, compress=gz)
-        np.testing.assert_array_equal(read_idx(p), IDX_ARRAY)
+        np.testing.assert_array_equal(read_idx(p), IDX_ARRAY)   # uint8: integers
+    # exact: float64 stored big-endian and read back, a byte swap, no arithmetic
     np.testing.assert_array_equal(read_idx_bytes(IDX_RAW_F8), IDX_FLOAT)
 
 
 # ------------------------------------------------------------------ CSV
+CITIES = ["Zürich", "Málaga", "Lyon"]
 CSV_TEXT = ("gre,gpa,rank,city,admit\n" + "".join(
-    f"{380 + 20 * i},{2.5 + 0.1 * (i % 15):.2f},{1 + i % 4},{['Zürich', 'Málaga', 'Lyon'][i % 3]},"
-    f"{(i * 7) % 2}\n" for i in range(24)))
+    f"{380 + 20 * i},{2.5 + 0.1 * (i % 15):.2f},{1 + i % 4},{CITIES[i % 3]},{(i * 7) % 2}\n"
+    for i in range(24)))
 
 
 def _check_csv(path):

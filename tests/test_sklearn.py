@@ -38,7 +38,7 @@ def test_matches_plain_mlp_exactly(backend_name):
                     backend=backend_name, seed=3)
     net.fit(X, y, epochs=20, batch_size=16, optimizer="adam", lr=0.01)
     for a, b in zip(clf.coefs_ + clf.intercepts_, net.get_params()[0] + net.get_params()[1]):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, b)   # exact: the same fit, same calls and shapes
     # exact: the estimator drives the same MLP through the same calls on the same shapes and backend
     np.testing.assert_array_equal(clf.predict_proba(X), net.predict_proba(X))
 
