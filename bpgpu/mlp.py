@@ -50,11 +50,17 @@ class _Workspace:
     training (``a[l]`` itself, or its dropped-out copy), ``d[l]`` the delta of layer l, ``y`` the
     targets. ``dropout`` is the inverted-dropout rate of the hidden layers in training steps run
     on this workspace (0: none; inference never drops). Its masks and uniforms exist only then.
+    ``augment`` (a resolved :class:`bpgpu.augment.Augment`, or None) warps the training batches
+    gathered into it; its buffers (``aug_*``) exist only then.
     """
 
-    def __init__(self, backend, sizes, rows, dtype, dropout):
+    def __init__(self, backend, sizes, rows, dtype, dropout, augment=None):
         self.rows = rows
         self.dropout = float(dropout)
+        self.augment = augment
+        self.aug = augment.buffers(backend, rows, dtype) if augment is not None else {}
+        for name, buf in self.aug.items():
+            setattr(self, name, buf)
         self.a = [backend.empty((rows, n), dtype) for n in sizes]
         self.d = [None] + [backend.empty((rows, n), dtype) for n in sizes[1:]]
         self.y = backend.empty((rows, sizes[-1]), dtype)
@@ -72,7 +78,10 @@ class _Workspace:
         if n == self.rows:
             return self
         v = object.__new__(_Workspace)
-        v.rows, v.dropout = n, self.dropout
+        v.rows, v.dropout, v.augment = n, self.dropout, self.augment
+        v.aug = {k: x[:n] for k, x in self.aug.items()}
+        for name, buf in v.aug.items():
+            setattr(v, name, buf)
         v.a = [x[:n] for x in self.a]
         v.d = [None] + [x[:n] for x in self.d[1:]]
         v.y = self.y[:n]
@@ -197,7 +206,8 @@ class MLP:
         """Bytes this model keeps on its device: parameters, gradients and cached workspaces."""
         total = self.params.nbytes + self.grads.nbytes
         for ws in self._workspaces.values():
-            arrays = ws.a + ws.d[1:] + [ws.y] + list(ws.mask.values()) + list(ws.uniform.values())
+            arrays = (ws.a + ws.d[1:] + [ws.y] + list(ws.mask.values())
+                      + list(ws.uniform.values()) + list(ws.aug.values()))
             total += sum(a.nbytes for a in arrays)
             total += sum(a.nbytes for l, a in enumerate(ws.inp) if a is not ws.a[l])
         return total
@@ -278,24 +288,27 @@ class MLP:
         return y
 
     # ------------------------------------------------------------------ the training step
-    def workspace(self, rows, dropout=0.0):
+    def workspace(self, rows, dropout=0.0, augment=None):
         """The (cached) workspace for batches of up to ``rows`` samples, training with inverted
-        dropout at rate ``dropout`` on the hidden layers (0 for none, and for inference)."""
-        key = (rows, float(dropout))
+        dropout at rate ``dropout`` on the hidden layers (0 for none, and for inference), and
+        training batches warped by ``augment`` (an :class:`bpgpu.augment.Augment` resolved for
+        this model's inputs, or None)."""
+        key = (rows, float(dropout), augment)
         ws = self._workspaces.get(key)
         if ws is None:
             if len(self._workspaces) >= 6:  # a bound, not a cache policy: evict the oldest
                 self._workspaces.pop(next(iter(self._workspaces)))
             ws = self._workspaces[key] = _Workspace(self.backend, self.sizes, rows, self.dtype,
-                                                    dropout)
+                                                    dropout, augment)
         return ws
 
     def train_step(self, ws, X_dev, T_dev, idx, optimizer=None, *, metrics=None,
                    count_correct=False, gradient_hook=None, row_offset=0):
         """One training step on rows ``idx`` of device-resident data.
 
-        This is the only place the step's sequence is written -- gather, forward (with the
-        workspace's dropout), output delta, backward, update -- and everything that trains
+        This is the only place the step's sequence is written -- gather (warped by the
+        workspace's augmentation, if any), forward (with the workspace's dropout), output delta,
+        backward, update -- and everything that trains
         (:func:`bpgpu.train.fit`, :meth:`step`, :meth:`gradients`, the benchmarks) calls it.
 
         Parameters
@@ -321,10 +334,14 @@ class MLP:
             update is never fused into the GEMMs then.
         row_offset : int
             Row of this batch within the global batch of a data-parallel step: names the rows of
-            the dropout streams this process draws (0 for a single process).
+            the dropout and augmentation streams this process draws (0 for a single process).
         """
         be = self.backend
-        be.gather_rows(X_dev, idx, ws.a[0], self.input_scale, self.input_shift)
+        if ws.augment is None:
+            be.gather_rows(X_dev, idx, ws.a[0], self.input_scale, self.input_shift)
+        else:
+            ws.augment.gather(be, ws, X_dev, idx, self.stream_key, self.steps, row_offset,
+                              self.input_scale, self.input_shift)
         be.gather_rows(T_dev, idx, ws.y)
         self.forward(ws, training=True, row_offset=row_offset)
         if count_correct:

@@ -26,6 +26,7 @@ OPS = (
     "gemm", "bias_activation", "activation_backward", "output_delta", "column_sums",
     "loss_sum", "count_correct", "all_finite", "gather_rows",
     "random_uniform", "dropout_forward", "dropout_backward",
+    "gather_augmented", "elastic_field",
     "sgd_update", "momentum_update", "adam_update",
 )
 
@@ -434,6 +435,154 @@ class Backend:
         """In place: ``delta *= mask`` (the mask written by :meth:`dropout_forward`)."""
         delta *= mask
         return delta
+
+    # ------------------------------------------------------------------ augmentation
+    # The batch gather with a random geometric transform per image (bpgpu.augment draws the
+    # uniforms from the model's Philox streams and calls these two ops). Written vectorised over
+    # the whole batch: no loop over images, and only the batch's rows are read -- the dataset is
+    # never copied. The contract (for every kernel) is in the docstrings, formula by formula.
+    def gather_augmented(self, data, idx, out, uniform, field, height: int, width: int,
+                         translate: int = 0, rotate: float = 0.0, zoom: float = 0.0,
+                         shear: float = 0.0, scale: float = 1.0, shift: float = 0.0):
+        """``out[b] = warp(data[idx[b]]) * scale + shift``: the batch gather of :meth:`gather_rows`
+        with a random affine transform (and optionally an elastic displacement) per image.
+
+        Each row of ``data`` is an image of ``height`` x ``width`` pixels (row-major). Image ``b``
+        takes its transform from ``u = float64(uniform[b, :5])`` (float64 from here on):
+
+        - translation ``tx = floor(u[0] (2T+1)) - T``, ``ty = floor(u[1] (2T+1)) - T`` (integers in
+          [-T, T], ``T = translate``), rotation ``theta = (2 u[2] - 1) rotate`` (radians),
+          zoom ``s = 1 + (2 u[3] - 1) zoom``, shear ``h = (2 u[4] - 1) shear``;
+        - the sampling map (the inverse of "shear x by h y, rotate by theta, scale by s about the
+          centre, then translate"): with ``c, n = cos theta, sin theta``,
+          ``a00 = (c + h n) / s``, ``a01 = (n - h c) / s``, ``a10 = -n / s``, ``a11 = c / s``;
+        - output pixel (row r, column q), centre ``cx = (width-1)/2``, ``cy = (height-1)/2``,
+          ``X = q - cx - tx``, ``Y = r - cy - ty``:
+          ``sx = (a00 X + a01 Y) + cx [+ field[b, 0, r, q]]``,
+          ``sy = (a10 X + a11 Y) + cy [+ field[b, 1, r, q]]``;
+        - bilinear sampling with zero fill: ``x0, y0 = floor(sx), floor(sy)``, ``fx = sx - x0``,
+          ``fy = sy - y0``, ``p(y, x)`` the pixel, 0 outside the image,
+          ``v = (1-fy) ((1-fx) p(y0,x0) + fx p(y0,x0+1)) + fy ((1-fx) p(y0+1,x0) + fx p(y0+1,x0+1))``;
+        - ``out[b, r*width + q] = T(v) * T(scale) + T(shift)`` for uint8 data (``T`` = out's dtype:
+          the same rounding as :meth:`gather_rows`), ``T(v)`` for float data.
+
+        A translation alone (``rotate = zoom = shear = 0``, no field) makes ``a`` the identity and
+        ``fx = fy = 0``: the output is then exactly the gathered image shifted by whole pixels.
+        The same uniforms give the same images on every backend (within rounding of ``v``).
+
+        Parameters
+        ----------
+        data : array, shape (N, height*width), uint8 or out's dtype
+        idx : array, shape (B,), integer
+        out : array, shape (B, height*width), float32 or float64
+            Written in place and returned.
+        uniform : array, shape (B, 8), float32
+            Uniform [0, 1) numbers (columns 5-7 are not used: reserved, one Philox block per
+            image).
+        field : array, shape (B, 2, height, width), out's dtype, or None
+            Elastic displacements in pixels (x first, then y), from :meth:`elastic_field`.
+        height, width : int
+        translate : int
+            Largest shift in pixels (>= 0).
+        rotate : float
+            Largest rotation in radians.
+        zoom, shear : float
+            Largest relative change of scale (in [0, 1)), largest shear factor.
+        scale, shift : float
+            Applied to integer data, as in :meth:`gather_rows`.
+        """
+        xp = self.xp
+        B, n = out.shape
+        f64 = xp.float64
+        u = uniform[:, :5].astype(f64)
+        span = 2 * int(translate) + 1
+        tx = xp.floor(u[:, 0] * span) - translate
+        ty = xp.floor(u[:, 1] * span) - translate
+        theta = (2 * u[:, 2] - 1) * rotate
+        s = 1 + (2 * u[:, 3] - 1) * zoom
+        h = (2 * u[:, 4] - 1) * shear
+        c, sn = xp.cos(theta), xp.sin(theta)
+        a00, a01, a10, a11 = ((c + h * sn) / s, (sn - h * c) / s, -sn / s, c / s)
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        q = xp.arange(width, dtype=f64)[None, None, :]
+        r = xp.arange(height, dtype=f64)[None, :, None]
+        X = q - cx - tx[:, None, None]                          # (B, 1, W)
+        Y = r - cy - ty[:, None, None]                          # (B, H, 1)
+        col = lambda v: v[:, None, None]                        # noqa: E731
+        sx = (col(a00) * X + col(a01) * Y) + cx                 # (B, H, W)
+        sy = (col(a10) * X + col(a11) * Y) + cy
+        if field is not None:
+            sx = sx + field[:, 0]
+            sy = sy + field[:, 1]
+        # out-of-range coordinates (a huge field) read nothing: clip before converting to int
+        sx = xp.clip(sx, -2.0, width + 1.0)
+        sy = xp.clip(sy, -2.0, height + 1.0)
+        x0, y0 = xp.floor(sx), xp.floor(sy)
+        fx, fy = sx - x0, sy - y0
+        x0, y0 = x0.astype(xp.int64), y0.astype(xp.int64)
+        rows = xp.take(data, idx, axis=0).reshape(B, n)         # the batch only
+        def pixel(yy, xx):
+            inside = (xx >= 0) & (xx < width) & (yy >= 0) & (yy < height)
+            flat = xp.where(inside, yy * width + xx, 0).reshape(B, n)
+            return xp.where(inside.reshape(B, n), xp.take_along_axis(rows, flat, axis=1),
+                            0).astype(f64).reshape(B, height, width)
+        v = ((1 - fy) * ((1 - fx) * pixel(y0, x0) + fx * pixel(y0, x0 + 1))
+             + fy * ((1 - fx) * pixel(y0 + 1, x0) + fx * pixel(y0 + 1, x0 + 1)))
+        xp.copyto(out, v.reshape(B, n))                         # T(v)
+        if data.dtype != out.dtype:
+            xp.multiply(out, out.dtype.type(scale), out=out)
+            if shift:
+                out += out.dtype.type(shift)
+        return out
+
+    def elastic_field(self, uniform, out, sigma: float, alpha: float):
+        """Elastic displacement fields (Simard et al. 2003) from uniform numbers:
+        ``out[b, k] = alpha * G_sigma * (2 uniform[b, k] - 1)`` for k = 0 (x), 1 (y).
+
+        ``G_sigma *`` is a 2-D Gaussian smoothing, separable: the 1-D kernel is
+        ``w[j] = exp(-j^2 / (2 sigma^2)) / sum_i exp(-i^2 / (2 sigma^2))`` over
+        ``|i|, |j| <= R``, ``R = int(4 sigma + 0.5)`` (scipy.ndimage.gaussian_filter's default
+        truncation), applied along rows and along columns, with values outside the image taken as
+        0 (scipy's mode "constant"). Computed in out's dtype. The result feeds
+        :meth:`gather_augmented`'s ``field``.
+
+        Parameters
+        ----------
+        uniform : array, shape (B, 2, H, W), float32
+            Uniform [0, 1) numbers.
+        out : array, shape (B, 2, H, W), float32 or float64
+            Written and returned (displacements in pixels).
+        sigma : float
+            Standard deviation of the Gaussian in pixels (> 0): the field's smoothness.
+        alpha : float
+            Scale of the displacements (Simard: sigma 4, alpha 34 on MNIST).
+        """
+        xp = self.xp
+        B, _, H, W = out.shape
+        gh = self._gaussian_matrix(H, sigma, out.dtype, alpha)    # alpha folded into one side
+        gw = self._gaussian_matrix(W, sigma, out.dtype, 1.0)
+        f = self._scratch("elastic_u", (B * 2 * H, W), out.dtype)
+        xp.multiply(uniform.reshape(B * 2 * H, W), 2, out=f)
+        f -= 1
+        rows = self._scratch("elastic_rows", (B * 2 * H, W), out.dtype)
+        xp.matmul(f, gw, out=rows)                                # along each row (width)
+        xp.matmul(gh, rows.reshape(B * 2, H, W), out=out.reshape(B * 2, H, W))   # along columns
+        return out
+
+    def _gaussian_matrix(self, n, sigma, dtype, factor):
+        """The (n, n) matrix ``G[k, q] = factor * w[q - k]`` (0 beyond the radius): applying the
+        truncated, normalised 1-D Gaussian with zero padding as one product. Symmetric. Cached."""
+        key = ("gaussian", n, float(sigma), dtype, float(factor))
+        g = self._scratch_cache.get(key)
+        if g is None:
+            radius = int(4.0 * float(sigma) + 0.5)
+            j = np.arange(-radius, radius + 1, dtype=np.float64)
+            w = np.exp(-0.5 * (j / float(sigma)) ** 2)
+            w /= w.sum()
+            d = np.arange(n)[None, :] - np.arange(n)[:, None]      # q - k
+            host = np.where(np.abs(d) <= radius, w[np.clip(d + radius, 0, 2 * radius)], 0.0)
+            g = self._scratch_cache[key] = self.asarray(host * factor, dtype=dtype)
+        return g
 
     # ------------------------------------------------------------------ optimizers
     # All three work on the ONE flat parameter buffer; weights come first in it, so weight decay

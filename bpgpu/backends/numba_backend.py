@@ -333,3 +333,36 @@ class NumbaBackend(NumpyBackend):
             params, grads, m, v, t(lr / (1 - beta1 ** step)), t(beta1), t(1 - beta1), t(beta2),
             t(1 - beta2), t(eps), t(1.0 / (1 - beta2 ** step)), t(weight_decay), n_decay)
         return params
+
+    # ------------------------------------------------------------------ augmentation
+    # The warped gather is one kernel of kernels/augment.py (imported on first use); the elastic
+    # fields stay numpy's (two GEMMs with banded Gaussian matrices: BLAS speed).
+    def gather_augmented(self, data, idx, out, uniform, field, height: int, width: int,
+                         translate: int = 0, rotate: float = 0.0, zoom: float = 0.0,
+                         shear: float = 0.0, scale: float = 1.0, shift: float = 0.0):
+        scaled = data.dtype == np.uint8
+        height, width, translate = int(height), int(width), int(translate)
+        if not (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
+                and idx.dtype.kind in "iu" and out.shape == (idx.shape[0], height * width)
+                and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
+                and uniform.dtype == np.float32 and uniform.shape == (out.shape[0], 8)
+                and (field is None or (field.dtype == out.dtype
+                                       and field.shape == (out.shape[0], 2, height, width)
+                                       and field.flags.c_contiguous))
+                and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
+                and uniform.flags.c_contiguous):
+            return super().gather_augmented(data, idx, out, uniform, field, height, width,
+                                            translate, rotate, zoom, shear, scale, shift)
+        from bpgpu.kernels import augment
+        serial, parallel = augment.KERNELS["gather_augmented"]
+        kernel = parallel if out.size >= PARALLEL_MIN and self._parallel_ok else serial
+        t = out.dtype.type
+        has_field = field is not None
+        if not has_field:
+            field = self._scratch("no_field", (1, 2, 1, 1), out.dtype)
+        bad = kernel(data, idx, out, uniform, field, has_field, height, width, translate,
+                     float(rotate), float(zoom), float(shear), t(scale), t(shift), scaled)
+        if bad >= 0:
+            raise IndexError(f"row index {int(idx[bad])} is out of bounds for {data.shape[0]} "
+                             f"rows")
+        return out
