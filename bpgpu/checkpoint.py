@@ -4,7 +4,7 @@ A checkpoint is a model file (:mod:`bpgpu.io`'s ``.npz`` + ``metadata.json``, so
 and ``bpgpu evaluate`` read it as the model it holds) with one more metadata section,
 ``"checkpoint"``, and a few more arrays: the optimizer's state buffers and, with early stopping,
 the best epoch's parameters. The section holds the completed epoch, the History, the early-stopping
-state, the host generator's state (it draws the permutations), the training-step count and stream
+state, the learning-rate schedule's state, the host generator's state (it draws the permutations), the training-step count and stream
 key (they name the dropout streams), the optimizer's step count, the training options, and
 fingerprints of the data. Everything is host data, so a checkpoint written on one backend resumes
 on any other; resuming on the same backend is bit-identical to never having stopped.
@@ -32,7 +32,7 @@ CHECKPOINT_VERSION = 1
 #: The training options that shape the trajectory: a resumed run must use the same ones
 #: (``epochs`` may grow; progress, callbacks and file paths may change).
 OPTION_KEYS = ("batch_size", "optimizer", "dropout", "shuffle", "train_metrics", "patience",
-               "validation")
+               "validation", "augment", "schedule")
 
 
 def fingerprint(array) -> str:

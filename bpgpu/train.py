@@ -31,6 +31,7 @@ import numpy as np
 from ._compat import optional_import
 from .errors import ConfigError, DataError
 from .optim import make_optimizer
+from .schedules import Constant
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit"]
 
@@ -45,7 +46,8 @@ class History:
 
     ``loss``/``accuracy`` are running means over the epoch's batches (measured before each update,
     like Keras); ``val_*`` are measured after the epoch. ``loss_increased[i]`` flags an epoch whose
-    training loss went up (the textbook "WARNING - Loss Increasing").
+    training loss went up (the textbook "WARNING - Loss Increasing"). ``lr[i]`` is the learning
+    rate the epoch ran with (set by the schedule).
     """
     epoch: list = field(default_factory=list)
     loss: list = field(default_factory=list)
@@ -54,6 +56,7 @@ class History:
     val_accuracy: list = field(default_factory=list)
     time: list = field(default_factory=list)
     loss_increased: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
     best_epoch: int | None = None
     stop_reason: str = "completed"
     diverged: bool = False
@@ -74,6 +77,8 @@ class History:
             parts.append(f"val_loss {self.val_loss[i]:.4f}")
             if self.val_accuracy[i] is not None:
                 parts.append(f"val_acc {self.val_accuracy[i]:.4f}")
+        if self.lr and len(self.lr) == len(self.epoch) and len(set(self.lr)) > 1:
+            parts.append(f"lr {self.lr[i]:.4g}")           # shown once the schedule changed it
         parts.append(f"{self.time[i]:.2f}s")
         line = "  ".join(parts)
         if self.loss_increased[i]:
@@ -120,7 +125,8 @@ def _check_options(epochs, batch_size, dropout, early_stopping):
 def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9,
         weight_decay=0.0, dropout=0.0, validation_data=None, validation_split=None,
         early_stopping=None, shuffle=True, train_metrics=True, progress=False, on_epoch=None,
-        checkpoint=None, checkpoint_every=1, resume=None, checkpoint_info=None):
+        checkpoint=None, checkpoint_every=1, resume=None, checkpoint_info=None, augment=None,
+        schedule=None):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -148,6 +154,18 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         10 % of the data when no validation set is given.
     shuffle : bool
         Draw a new permutation every epoch from the model's generator.
+    augment : str, dict or :class:`bpgpu.augment.Augment`, optional
+        Warp every training image while its batch is gathered, on the device: random
+        translations, rotation, zoom, shear, elastic distortion (spec string such as
+        ``"shift=2,rotate=10,scale=0.1,shear=0.2,elastic=34:4"``; see :mod:`bpgpu.augment`).
+        The inputs must be images: X of shape (N, H, W), or (N, H*W) with a square H*W or
+        ``shape=HxW`` in the spec. Drawn from counter-based streams named by (training step,
+        "augment"): the same images on every backend and after a resume.
+    schedule : str, dict or :class:`bpgpu.schedules.Schedule`, optional
+        Learning-rate schedule, setting the rate of every epoch from ``lr`` (spec string such
+        as ``"step:every=10,factor=0.5"``, ``"cosine:warmup=5"``, ``"nielsen:patience=10,
+        halvings=7"``; see :mod:`bpgpu.schedules`). ``nielsen`` needs validation data and holds
+        out 10 % when none is given, as early stopping does. History's ``lr`` has the rates.
     train_metrics : bool
         Accumulate the running training loss and accuracy (default). False skips that per-batch
         work (History then has ``None`` for them); divergence is still detected, from the
@@ -182,7 +200,9 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         written, and this is raised (a KeyboardInterrupt) with the History. A second signal stops
         at once.
     """
+    from .augment import make_augment
     from .checkpoint import read_checkpoint
+    from .schedules import make_schedule
 
     epochs, batch_size, patience = _check_options(epochs, batch_size, dropout, early_stopping)
     checkpoint_every = int(checkpoint_every)
@@ -193,11 +213,15 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     if X.ndim < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
         raise DataError(f"X and y must have the same number of samples, got {X.shape} and "
                         f"{y.shape}")
+    aug = make_augment(augment)
+    if aug is not None:
+        aug = aug.resolved(model.sizes[0], X.shape[1:] if X.ndim == 3 else None)
+    sched = make_schedule(schedule, lr, epochs)
     saved = read_checkpoint(resume) if resume is not None else None
     if saved is not None:
         saved.check_model(model)
     validation = "data" if validation_data is not None else None
-    if validation_data is None and (validation_split or patience):
+    if validation_data is None and (validation_split or patience or sched.needs_validation):
         fraction = validation_split or 0.1
         validation = ["split", fraction]
         if saved is not None and saved.state.get("split_rng_state") is not None:
@@ -211,9 +235,12 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     options = _json_plain({"batch_size": batch_size, "optimizer": opt.hyperparameters(),
                            "dropout": float(dropout), "shuffle": bool(shuffle),
                            "train_metrics": bool(train_metrics), "patience": patience,
-                           "validation": validation})
+                           "validation": validation,
+                           "augment": None if aug is None else aug.to_dict(),
+                           "schedule": None if isinstance(sched, Constant) else sched.settings()})
     run = _Run(model, X, y, validation_data, opt, batch_size=batch_size, dropout=dropout,
-               patience=patience, shuffle=shuffle, train_metrics=train_metrics)
+               patience=patience, shuffle=shuffle, train_metrics=train_metrics, augment=aug)
+    run.schedule = sched
     if checkpoint is not None or saved is not None:
         run.data_prints = _data_prints(X, y, validation_data)
     run.checkpoint_path, run.checkpoint_every = checkpoint, checkpoint_every
@@ -313,8 +340,9 @@ class _Run:
     info = None
 
     def __init__(self, model, X, y, validation_data, opt, *, batch_size, dropout, patience,
-                 shuffle, train_metrics):
+                 shuffle, train_metrics, augment=None):
         self.model, self.opt = model, opt
+        self.schedule = Constant(opt.lr, 1)           # fit sets the run's schedule
         be = self.be = model.backend
         self.X_dev = model.prepare_inputs(X)
         self.T_dev = be.asarray(model.targets_from(y, self.X_dev.shape[0]))
@@ -329,7 +357,7 @@ class _Run:
         self.count_correct = self.classify and train_metrics
         self.shuffle, self.patience = shuffle, patience
         self.batch = min(batch_size, self.n)
-        self.ws = model.workspace(self.batch, dropout=dropout)
+        self.ws = model.workspace(self.batch, dropout=dropout, augment=augment)
         self.metrics = be.zeros((2,), np.float64)    # [loss sum, correct count] of the epoch
         self.best = be.empty((model.n_params,), model.dtype) if patience else None
         self.best_val, self.since_best = math.inf, 0
@@ -373,6 +401,7 @@ class _Run:
             "stream_key": list(model.stream_key), "optimizer": scalars,
             "early_stopping": {"best_val": None if math.isinf(self.best_val) else self.best_val,
                                "since_best": self.since_best},
+            "schedule": self.schedule.state(),
             "data": self.data_prints, "backend": self.be.name, "info": self.info,
         }
         # the model is at the snapshot here: the end of an epoch, or put back to it
@@ -396,6 +425,7 @@ class _Run:
         best_val = st["early_stopping"]["best_val"]
         self.best_val = math.inf if best_val is None else float(best_val)
         self.since_best = int(st["early_stopping"]["since_best"])
+        self.schedule.load_state(st.get("schedule") or {})
         if self.patience and "best_params" in saved.arrays:
             be.upload(saved.arrays["best_params"].astype(model.dtype, copy=False), self.best)
         self._snapshot()
@@ -428,6 +458,7 @@ class _Run:
             try:
                 while not self.finished and self.epoch < epochs:
                     epoch = self.epoch + 1
+                    self.opt.lr = self.schedule.rate(epoch)
                     t0 = time.perf_counter()
                     if self.shuffle:
                         order_host = model.rng.permutation(n)
@@ -489,6 +520,7 @@ class _Run:
         history.accuracy.append(float(correct) / n if self.count_correct else None)
         history.loss_increased.append(self.train_metrics and len(history.loss) > 1
                                       and loss > history.loss[-2])
+        history.lr.append(self.opt.lr)
         if self.val is not None:
             vl, va = model.metrics_on_device(*self.val)
             history.val_loss.append(vl)
@@ -511,6 +543,15 @@ class _Run:
                                            f"{history.best_epoch}")
                     self.finished = True
                     return False
+        if self.val is not None:    # a schedule's score: validation accuracy (or -loss)
+            score = (history.val_accuracy[-1] if self.classify else -history.val_loss[-1])
+        else:
+            score = None
+        stop = self.schedule.end_epoch(epoch, score)
+        if stop is not None:
+            history.stop_reason = stop
+            self.finished = True
+            return False
         if on_epoch is not None and on_epoch(history):
             history.stop_reason = f"stopped by callback after epoch {epoch}"
             return False
