@@ -303,7 +303,8 @@ class MLP:
         return ws
 
     def train_step(self, ws, X_dev, T_dev, idx, optimizer=None, *, metrics=None,
-                   count_correct=False, gradient_hook=None, row_offset=0):
+                   count_correct=False, gradient_hook=None, row_offset=0, grad_scale=1.0,
+                   layer_hook=None):
         """One training step on rows ``idx`` of device-resident data.
 
         This is the only place the step's sequence is written -- gather (warped by the
@@ -335,7 +336,38 @@ class MLP:
         row_offset : int
             Row of this batch within the global batch of a data-parallel step: names the rows of
             the dropout and augmentation streams this process draws (0 for a single process).
+        grad_scale : float
+            Factor on the gradients, applied inside the gradient GEMMs (BLAS's alpha): the local
+            output delta divides by this step's ``len(idx)`` rows, so a data-parallel process
+            holding ``b`` of the ``B`` rows of a global batch passes ``b / B`` and the sum over
+            processes is the gradient of the mean over the global batch.
+        layer_hook : callable(layer), optional
+            Passed to :meth:`backward`: called as soon as each layer's gradient is written (a
+            data-parallel run starts that layer's non-blocking reduction there).
+
+        A step with no rows (``ws.rows == 0``: a data-parallel process with no share of a small
+        global batch) writes zero gradients, then hooks and updates like any other.
         """
+        be = self.backend
+        fused = None
+        if optimizer is not None and gradient_hook is None:
+            fused = optimizer.fused_sgd()
+        if ws.rows == 0:
+            self.grads.fill(0)
+        else:
+            self._forward_backward(ws, X_dev, T_dev, idx, metrics, count_correct, fused,
+                                   row_offset, grad_scale, layer_hook)
+        if optimizer is not None:
+            if gradient_hook is not None:
+                gradient_hook(self.grads)
+            if fused is None:
+                optimizer.update(self.params, self.grads)
+            self.steps += 1
+
+    def _forward_backward(self, ws, X_dev, T_dev, idx, metrics, count_correct, fused, row_offset,
+                          grad_scale, layer_hook):
+        """The part of :meth:`train_step` that touches the batch's rows: gather, forward,
+        metrics, output delta and backward."""
         be = self.backend
         if ws.augment is None:
             be.gather_rows(X_dev, idx, ws.a[0], self.input_scale, self.input_shift)
@@ -346,16 +378,8 @@ class MLP:
         self.forward(ws, training=True, row_offset=row_offset)
         if count_correct:
             be.count_correct(ws.a[-1], ws.y, metrics[1:2])
-        fused = None
-        if optimizer is not None and gradient_hook is None:
-            fused = optimizer.fused_sgd()
-        self.backward(ws, loss_acc=None if metrics is None else metrics[0:1], sgd=fused)
-        if optimizer is not None:
-            if gradient_hook is not None:
-                gradient_hook(self.grads)
-            if fused is None:
-                optimizer.update(self.params, self.grads)
-            self.steps += 1
+        self.backward(ws, loss_acc=None if metrics is None else metrics[0:1], sgd=fused,
+                      grad_scale=grad_scale, layer_hook=layer_hook)
 
     def forward(self, ws, training=False, row_offset=0):
         """Forward pass from ``ws.a[0]``; leaves every layer's output in ``ws.a``.
@@ -376,7 +400,7 @@ class MLP:
                 be.dropout_forward(ws.a[l], ws.uniform[l], ws.dropout, ws.mask[l], out=ws.inp[l])
         return ws.a[L]
 
-    def backward(self, ws, loss_acc=None, sgd=None):
+    def backward(self, ws, loss_acc=None, sgd=None, grad_scale=1.0, layer_hook=None):
         """Backward pass after a training :meth:`forward`: fills the flat gradient buffer.
 
         Parameters
@@ -391,22 +415,32 @@ class MLP:
             BLAS call per parameter array (what :meth:`~bpgpu.optim.SGD.fused_sgd` returns where
             the backend fuses). The gradient buffer is then left untouched. Each layer's deltas
             for the layer below are computed first, with the weights not yet updated.
+        grad_scale : float
+            Factor on every gradient (with ``sgd``: on the gradient inside the update), folded
+            into the GEMMs' alpha.
+        layer_hook : callable(layer), optional
+            Called with the weight layer's index ``l`` (0-based) as soon as ``dW[l]`` and
+            ``db[l]`` are written, last layer first; not called with ``sgd`` (no gradients).
         """
         be = self.backend
         L = self.n_layers
         drop = ws.dropout > 0
         src = ws.inp if drop else ws.a
         if sgd is None:                    # gradients: dW = inp.T @ d, db = column sums of d
-            w_out, b_out, alpha, w_beta, b_beta = self.dW, self.db, 1.0, 0.0, 0.0
+            w_out, b_out, alpha, w_beta, b_beta = self.dW, self.db, grad_scale, 0.0, 0.0
         else:                              # the update itself, through BLAS's alpha and beta
             lr, weight_decay = sgd
-            w_out, b_out, alpha, w_beta, b_beta = self.W, self.b, -lr, 1.0 - lr * weight_decay, 1.0
+            w_out, b_out, alpha, w_beta, b_beta = (self.W, self.b, -lr * grad_scale,
+                                                   1.0 - lr * weight_decay, 1.0)
+            layer_hook = None
         be.output_delta(ws.a[L], ws.y, ws.d[L], self.output, self.loss_name, loss_acc)
         for l in range(L, 0, -1):
             if l > 1:
                 be.gemm(ws.d[l], self.W[l - 1], out=ws.d[l - 1], trans_b=True)
             be.gemm(src[l - 1], ws.d[l], out=w_out[l - 1], trans_a=True, alpha=alpha, beta=w_beta)
             be.column_sums(ws.d[l], out=b_out[l - 1], alpha=alpha, beta=b_beta)
+            if layer_hook is not None:
+                layer_hook(l - 1)
             if l > 1:
                 if drop:
                     be.dropout_backward(ws.d[l - 1], ws.mask[l - 1])
