@@ -1,38 +1,63 @@
 """The CuPy backend: training on an NVIDIA GPU with cuBLAS GEMMs and the fused kernels of
 ``kernels/fused.cu``.
 
-Data and parameters live on the device; GEMMs go to cuBLAS through ``cupy.matmul`` into
-preallocated outputs; every elementwise and per-row op is one launch of a kernel from
-``fused.cu``, compiled once per process on first use (never at import) and looked up once. Arrays
-the kernels do not take (other dtypes, non-contiguous views) go to the reference ops of
-:class:`Backend` on cupy. Constructing the backend without a working device raises
-:class:`~bpgpu.errors.BackendUnavailable` naming the cause (no CuPy, no driver, no device, a
-driver/runtime mismatch).
+Data and parameters live on the device. Every GEMM is one ``cublasGemmEx`` call with BLAS's
+``alpha`` and ``beta`` (so plain SGD runs inside the gradient GEMMs: :meth:`fuses_sgd`), and every
+elementwise or per-row op is one launch of a kernel from ``fused.cu``, compiled once per process
+(on first use, or by :meth:`warmup` before anything is timed) and looked up once. A launch is
+validated as a whole -- one float dtype, the shapes that belong together, every array
+C-contiguous -- because a raw kernel ignores strides and checks no bounds; anything else goes to
+the reference ops of :class:`Backend` on cupy. Constructing the backend without a working device
+raises :class:`~bpgpu.errors.BackendUnavailable` naming the cause (see
+:func:`bpgpu._compat.cupy_status`).
 
-Status: the kernels compile for sm_80 and sm_90 with nvcc (tested without a GPU); this module's
-launches have not yet run on a GPU (no device was available to the work that wrote them), so the
-GPU-marked tests are the first thing to run on one.
+TF32 is one process-wide setting, CuPy's compute type for float32 (which ``CUPY_TF32=1`` sets at
+start): :func:`set_tf32` changes it, :func:`tf32_state` reads it, and this backend's GEMMs follow
+it (column sums never use TF32: they are memory-bound and feed the bias gradient).
+
+The module never imports cupy itself: the backend takes the module from the probe, which lets the
+test suite drive this exact code through a host emulation of the kernels (``tests/emulation``).
+Kernel launches are counted per kernel name in ``_launches`` (cuBLAS calls as ``"cublas_gemm"``),
+so tests can tell that a step ran the kernels and not the reference fallbacks.
+
+Status: the kernels compile with nvcc for sm_80 and sm_90 and run correctly in the host emulation;
+whether they run on a GPU is for the GPU-marked tests (``bash bench/gpu.sh``) to say.
 """
 
 from __future__ import annotations
 
+import collections
+import time
 from importlib import resources
 
 import numpy as np
 
-from .._compat import cupy_status
+from .. import _compat
+from ..activations import ACT_CODES, LOSS_CODES
 from ..errors import BackendUnavailable, ConfigError
-from .base import LOG_CLIP, Backend
+from .base import EXP_LIMIT, LOG_CLIP, Backend
 
-__all__ = ["CupyBackend", "KERNEL_NAMES", "kernel_source"]
+__all__ = ["CupyBackend", "KERNEL_NAMES", "TEMPLATE_KERNELS", "PLAIN_KERNELS", "kernel_source",
+           "compile_options", "name_expressions", "set_tf32", "tf32_state"]
 
-KERNEL_NAMES = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
-                "output_delta", "count_correct", "gather_scale", "gather", "dropout_forward",
-                "multiply_inplace", "sgd_update", "momentum_update", "adam_update")
+#: Kernels of fused.cu instantiated for float and double (looked up by name expression).
+TEMPLATE_KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
+                    "output_delta", "count_correct", "gather_scale", "gather", "dropout_forward",
+                    "multiply_inplace", "sgd_update", "momentum_update", "adam_update")
+#: extern "C" kernels of fused.cu (float32 only).
+PLAIN_KERNELS = ("random_uniform",)
+KERNEL_NAMES = TEMPLATE_KERNELS + PLAIN_KERNELS
+#: The C++ standard every compiler of fused.cu is given (NVRTC, nvcc, the host emulation).
+CXX_STD = "-std=c++17"
+
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_ACT = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "softmax": 4}
-_LOSS = {"mse": 0, "bce": 1, "ce": 2}
-_BLOCK = 256
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_BLOCK = 256              # threads per block: 8 warps
+_ROWS_PER_BLOCK = _BLOCK // 32
+_BLOCKS_PER_SM = 8        # grid cap: grid-stride loops cover the rest
+# cudaDataType_t values (CUDA's library_types.h): CUDA_R_32F, CUDA_R_64F
+_CUDA_DATA_TYPE = {_F32: 0, _F64: 1}
 
 
 def kernel_source() -> str:
@@ -40,54 +65,139 @@ def kernel_source() -> str:
     return (resources.files("bpgpu.kernels") / "fused.cu").read_text()
 
 
-def _ok(*arrays):
-    return all(a.dtype in _CTYPE and a.flags.c_contiguous for a in arrays)
+def compile_options() -> tuple[str, ...]:
+    """Options for compiling ``fused.cu``: the C++ standard and the activation and loss codes of
+    :data:`bpgpu.activations.ACT_CODES` / ``LOSS_CODES`` as ``-D`` defines (the one table of them).
+    NVRTC (through CuPy), the nvcc test and the host emulation all use exactly these."""
+    defines = [f"-DBPGPU_ACT_{name.upper()}={code}" for name, code in ACT_CODES.items()]
+    defines += [f"-DBPGPU_LOSS_{name.upper()}={code}" for name, code in LOSS_CODES.items()]
+    return (CXX_STD, *defines)
+
+
+def name_expressions() -> list[str]:
+    """The C++ name of every template instantiation CuPy must look up, e.g. ``gather<float>``."""
+    return [f"{name}<{ctype}>" for name in TEMPLATE_KERNELS for ctype in _CTYPE.values()]
+
+
+# ---------------------------------------------------------------------------------------- TF32
+def _require_cupy():
+    cupy, reason = _compat.cupy_status()
+    if cupy is None:
+        raise BackendUnavailable(f"backend 'cupy' is not available: {reason}")
+    return cupy
+
+
+def _tf32_enabled(cupy) -> bool:
+    core = cupy._core
+    return core.get_compute_type(cupy.float32) == core._routines_linalg.COMPUTE_TYPE_TF32
+
+
+def _set_tf32(cupy, enabled: bool) -> bool:
+    core = cupy._core
+    linalg = core._routines_linalg
+    if enabled:
+        cc = int(cupy.cuda.Device().compute_capability)
+        if cc < 80:   # CuPy would fall back to the default with a warning: refuse instead
+            raise ConfigError(f"TF32 needs a GPU of compute capability 8.0 or newer; this one "
+                              f"is {cc // 10}.{cc % 10}")
+        core.set_compute_type(cupy.float32, linalg.COMPUTE_TYPE_TF32)
+    else:
+        core.set_compute_type(cupy.float32, linalg.COMPUTE_TYPE_DEFAULT)
+    return _tf32_enabled(cupy)
+
+
+def set_tf32(enabled: bool) -> bool:
+    """Allow (or forbid) TF32 tensor-core math in every float32 GEMM of this process: CuPy's own
+    and the cupy backend's (faster; inputs rounded to a 10-bit mantissa, ~1e-3 relative error).
+
+    Returns
+    -------
+    bool
+        The state now in force, read back from CuPy.
+
+    Raises
+    ------
+    BackendUnavailable
+        Without a working CuPy and GPU.
+    ConfigError
+        Enabling on a GPU below compute capability 8.0, which has no TF32.
+    """
+    return _set_tf32(_require_cupy(), bool(enabled))
+
+
+def tf32_state() -> bool | None:
+    """Whether float32 GEMMs may use TF32 right now (CuPy's process-wide compute type, which
+    ``CUPY_TF32=1`` sets at start and :func:`set_tf32` changes); None without a working CuPy."""
+    cupy, _ = _compat.cupy_status()
+    return None if cupy is None else _tf32_enabled(cupy)
+
+
+# ---------------------------------------------------------------------------------------- checks
+def _ok(first, *others):
+    """One kernel launch can take these arrays together: one float dtype, the first one's shape
+    for all of them, every one C-contiguous (``_c_contiguous``: CuPy's flag, read without
+    building a flags object -- this runs a dozen times per step)."""
+    dtype, shape = first.dtype, first.shape
+    if dtype not in _CTYPE or not first._c_contiguous:
+        return False
+    for a in others:
+        if a.dtype != dtype or a.shape != shape or not a._c_contiguous:
+            return False
+    return True
+
+
+def _ok_rows(z, vector):
+    """``z`` (B, n) and ``vector`` (n,): one float dtype, both C-contiguous."""
+    return (z.ndim == 2 and z.dtype in _CTYPE and vector.dtype == z.dtype
+            and vector.shape == (z.shape[1],) and z._c_contiguous and vector._c_contiguous)
+
+
+def _ok_acc(acc):
+    """A float64 accumulator a kernel adds to at ``acc[0]``."""
+    return acc.dtype == _F64 and acc.ndim == 1 and acc.size >= 1 and acc._c_contiguous
+
+
+def _overlap(x, y):
+    lo, hi = x.data.ptr, x.data.ptr + x.nbytes
+    return lo < y.data.ptr + y.nbytes and y.data.ptr < hi
 
 
 class CupyBackend(Backend):
     """CuPy on the current CUDA device.
 
-    Parameters
-    ----------
-    tf32 : bool
-        Let cuBLAS use TF32 tensor cores for float32 GEMMs (faster, ~1e-3 relative error).
-        Off by default.
+    TF32 is not a property of a backend: see :func:`set_tf32` (``bpgpu train --tf32``).
     """
 
     name = "cupy"
 
-    def __init__(self, tf32: bool = False):
-        cupy, reason = cupy_status()
-        if cupy is None:
-            raise BackendUnavailable(f"backend 'cupy' is not available: {reason}")
+    def __init__(self):
+        cupy = _require_cupy()
+        self._setup(cupy, _compat.cupy_status()[1])
+
+    def _setup(self, cupy, reason):
+        """Bind to a CuPy module: the real one, or the host emulation's stand-in in the tests."""
         super().__init__()
         self.xp = cupy
+        self._reason = reason
+        self._cublas = cupy.cuda.cublas
+        self._device = cupy.cuda.device
+        self._core = cupy._core
+        self._tf32_code = cupy._core._routines_linalg.COMPUTE_TYPE_TF32
         self._module = None
         self._functions: dict = {}
+        self._launches: collections.Counter = collections.Counter()
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        self._max_blocks = 8 * props["multiProcessorCount"]   # grid-stride loops cover the rest
-        self.set_tf32(tf32)
+        self._max_blocks = _BLOCKS_PER_SM * int(props["multiProcessorCount"])
+        # alpha and beta of each GEMM: host memory whose address is taken once
+        self._scalars = {dt: np.zeros(2, dt) for dt in _CTYPE}
+        self._scalar_ptr = {dt: arr.ctypes.data for dt, arr in self._scalars.items()}
+        self._gemm_checked: dict = {}
 
     def describe(self) -> str:
-        return f"cupy ({cupy_status()[1]}; tf32 {'on' if self.tf32 else 'off'})"
-
-    def set_tf32(self, enabled: bool) -> None:
-        """Allow (or forbid) TF32 tensor-core math in cuBLAS float32 GEMMs."""
-        linalg = getattr(getattr(self.xp, "_core", None), "_routines_linalg", None)
-        setter = getattr(linalg, "set_compute_type", None)
-        if setter is None:
-            if enabled:
-                raise ConfigError("this CuPy version offers no way to enable TF32 GEMMs")
-            self.tf32 = False
-            return
-        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
-        setter(self.xp.float32, mode)
-        self.tf32 = bool(enabled)
+        tf32 = "on" if _tf32_enabled(self.xp) else "off"
+        return f"cupy ({self._reason}; TF32 {tf32} for float32 GEMMs)"
 
     # ------------------------------------------------------------------ memory and transfer
-    def asarray(self, host, dtype=None):
-        return self.xp.ascontiguousarray(self.xp.asarray(host, dtype=dtype))
-
     def to_host(self, arr) -> np.ndarray:
         return self.xp.asnumpy(arr)
 
@@ -99,84 +209,255 @@ class CupyBackend(Backend):
         self.xp.cuda.get_current_stream().synchronize()
 
     # ------------------------------------------------------------------ kernels
-    def _kernel(self, name, dtype):
+    def _compile(self):
+        """Compile fused.cu once for this backend (CuPy caches the binary on disk and in memory)."""
+        if self._module is None:
+            self._module = self.xp.RawModule(code=kernel_source(), options=compile_options(),
+                                             name_expressions=name_expressions())
+        return self._module
+
+    def _function(self, name, dtype):
         key = (name, dtype)
         fn = self._functions.get(key)
         if fn is None:
-            if self._module is None:          # compiled once per process, on first use
-                exprs = [f"{n}<{t}>" for n in KERNEL_NAMES for t in _CTYPE.values()]
-                self._module = self.xp.RawModule(code=kernel_source(), options=("-std=c++14",),
-                                                 name_expressions=exprs)
-            fn = self._functions[key] = self._module.get_function(f"{name}<{_CTYPE[dtype]}>")
+            expr = name if name in PLAIN_KERNELS else f"{name}<{_CTYPE[dtype]}>"
+            fn = self._functions[key] = self._compile().get_function(expr)
         return fn
 
-    def _launch(self, name, dtype, work, args):
-        grid = max(1, min(-(-int(work) // _BLOCK), self._max_blocks))
-        self._kernel(name, dtype)((grid,), (_BLOCK,), args)
+    def _launch(self, name, dtype, work, args, per_row=False):
+        """Launch ``name<dtype>`` over ``work`` elements (or rows, one warp each, with
+        ``per_row``): enough blocks for one pass, capped at a few per SM."""
+        if work <= 0:
+            return
+        per_block = _ROWS_PER_BLOCK if per_row else _BLOCK
+        grid = min(-(-int(work) // per_block), self._max_blocks)
+        self._function(name, dtype)((grid,), (_BLOCK,), args)
+        self._launches[name] += 1
+
+    def warmup(self, dtypes=("float32", "float64")) -> dict:
+        """Compile fused.cu, load every kernel, check the cuBLAS path, and run one tiny training
+        step of every configuration (so CuPy's own kernels that training uses are compiled too),
+        before anything is timed.
+
+        Returns
+        -------
+        dict
+            ``seconds``; ``kernels``: kernel functions loaded; ``compiled``: the same count (CuPy
+            does not say whether NVRTC ran or its disk cache answered: the seconds tell);
+            ``cache_hits``: 0.
+        """
+        t0 = time.perf_counter()
+        dts = [np.dtype(d) for d in dtypes]
+        for dt in dts:
+            for name in TEMPLATE_KERNELS:
+                self._function(name, dt)
+            self._gemm_works(dt)
+        self._function("random_uniform", _F32)
+        from ..mlp import MLP
+        rng = np.random.default_rng(0)
+        X = rng.integers(0, 256, (8, 6), dtype=np.uint8)
+        labels = rng.integers(0, 3, 8)
+        for dt in dts:
+            for act, out, loss in (("sigmoid", "softmax", "ce"), ("tanh", "sigmoid", "bce"),
+                                   ("relu", "identity", "mse")):
+                net = MLP([6, 5, 3], activation=act, output=out, loss=loss, dtype=dt.name,
+                          backend=self, seed=0)
+                targets = labels if loss == "ce" else rng.uniform(0.1, 0.9, (8, 3))
+                for opt in ("sgd", "momentum", "nesterov", "adam"):
+                    net.fit(X, targets, epochs=1, batch_size=4, optimizer=opt, lr=0.01,
+                            dropout=0.1)
+                net.evaluate(X, targets)
+        self.synchronize()
+        n = len(self._functions)
+        return {"seconds": time.perf_counter() - t0, "kernels": n, "compiled": n,
+                "cache_hits": 0}
+
+    # ------------------------------------------------------------------ cuBLAS
+    def _gemm_ex(self, a_ptr, lda, trans_a, b_ptr, ldb, trans_b, c_ptr, m, n, k, alpha, beta,
+                 dtype, tf32):
+        """Row-major ``C (m, n) = alpha op(A) op(B) + beta C`` as one cublasGemmEx call.
+
+        cuBLAS is column-major: a row-major (r, c) array is its transpose with leading dimension
+        c, so the call computes ``C^T = alpha op(B)^T op(A)^T + beta C^T`` -- B first, m and n
+        swapped, each operand transposed exactly when the row-major op transposes it. ``lda`` /
+        ``ldb`` are the row lengths of A and B as stored; ``C``'s is n.
+        """
+        cublas = self._cublas
+        scalars = self._scalars[dtype]
+        scalars[0] = alpha
+        scalars[1] = beta
+        ptr = self._scalar_ptr[dtype]
+        data = _CUDA_DATA_TYPE[dtype]
+        if dtype == _F64:
+            compute = cublas.CUBLAS_COMPUTE_64F
+        elif tf32 and self._core.get_compute_type(_F32) == self._tf32_code:
+            compute = cublas.CUBLAS_COMPUTE_32F_FAST_TF32
+        else:
+            compute = cublas.CUBLAS_COMPUTE_32F
+        cublas.gemmEx(self._device.get_cublas_handle(),
+                      cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N,
+                      cublas.CUBLAS_OP_T if trans_a else cublas.CUBLAS_OP_N,
+                      n, m, k, ptr, b_ptr, data, max(1, ldb), a_ptr, data, max(1, lda),
+                      ptr + dtype.itemsize, c_ptr, data, max(1, n), compute,
+                      cublas.CUBLAS_GEMM_DEFAULT)
+
+    def _gemm_works(self, dtype) -> bool:
+        """Check the cublasGemmEx path once per dtype on small integers (exact in any precision,
+        TF32 included); on any failure every GEMM goes to CuPy's matmul instead."""
+        ok = self._gemm_checked.get(dtype)
+        if ok is None:
+            xp = self.xp
+            a = np.arange(1.0, 7.0).reshape(3, 2)       # used transposed: (2, 3)
+            b = np.arange(-6.0, 6.0).reshape(3, 4)
+            c = np.arange(8.0).reshape(2, 4)
+            want = -0.5 * (a.T @ b) + 2.0 * c
+            try:
+                ad, bd, cd = (xp.asarray(v, dtype=dtype) for v in (a, b, c))
+                self._gemm_ex(ad.data.ptr, 2, True, bd.data.ptr, 4, False, cd.data.ptr,
+                              2, 4, 3, -0.5, 2.0, dtype, True)
+                ok = bool(np.array_equal(xp.asnumpy(cd), want))
+            except Exception:            # a broken cuBLAS: matmul reports it at the first GEMM
+                ok = False
+            self._gemm_checked[dtype] = ok
+        return ok
+
+    def fuses_sgd(self, dtype) -> bool:
+        """True for float32 and float64 once the cublasGemmEx path has checked out: one GEMM
+        with ``alpha = -lr`` and ``beta = 1 - lr * wd`` updates the weights in place."""
+        dtype = np.dtype(dtype)
+        return dtype in _CTYPE and self._gemm_works(dtype)
+
+    def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0):
+        dtype = out.dtype
+        if not (dtype in _CTYPE and a.dtype == dtype and b.dtype == dtype
+                and a.ndim == 2 and b.ndim == 2 and out.ndim == 2 and a._c_contiguous
+                and b._c_contiguous and out._c_contiguous and self._gemm_works(dtype)
+                and not _overlap(out, a) and not _overlap(out, b)):
+            return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
+        m, n = out.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        if ((a.shape[1] if trans_a else a.shape[0]) != m or
+                (b.shape[1] if trans_b else b.shape[0]) != k or
+                (b.shape[0] if trans_b else b.shape[1]) != n):
+            raise ValueError(f"gemm: op(a) of {a.shape} (trans {trans_a}) times op(b) of "
+                             f"{b.shape} (trans {trans_b}) does not give {out.shape}")
+        if out.size:
+            self._gemm_ex(a.data.ptr, a.shape[1], trans_a, b.data.ptr, b.shape[1], trans_b,
+                          out.data.ptr, m, n, k, alpha, beta, dtype, True)
+            self._launches["cublas_gemm"] += 1
+        return out
+
+    def column_sums(self, d, out, alpha: float = 1.0, beta: float = 0.0):
+        """``out = alpha * ones(B) @ d + beta * out``: one GEMM of a row of ones (never TF32)."""
+        if not (_ok_rows(d, out) and self._gemm_works(d.dtype)):
+            return super().column_sums(d, out, alpha, beta)
+        rows, cols = d.shape
+        if cols:
+            ones = self._ones(rows, d.dtype)
+            self._gemm_ex(ones.data.ptr, rows, False, d.data.ptr, cols, False, out.data.ptr,
+                          1, cols, rows, alpha, beta, d.dtype, False)
+            self._launches["cublas_gemm"] += 1
+        return out
 
     # ------------------------------------------------------------------ fused ops
     def bias_activation(self, z, bias, activation: str):
-        if not _ok(z, bias) or bias.dtype != z.dtype or activation not in _ACT:
+        code = ACT_CODES.get(activation)
+        if code is None or not _ok_rows(z, bias):
             return super().bias_activation(z, bias, activation)
         rows, cols = z.shape
         if activation == "softmax":
-            self._launch("bias_softmax", z.dtype, rows, (z, bias, np.int64(rows), np.int32(cols)))
+            self._launch("bias_softmax", z.dtype, rows, (z, bias, np.int64(rows), np.int32(cols)),
+                         per_row=True)
         else:
             self._launch("bias_activation", z.dtype, z.size,
-                         (z, bias, np.int64(rows), np.int32(cols), np.int32(_ACT[activation])))
+                         (z, bias, np.int64(z.size), np.int32(cols), np.int32(code),
+                          EXP_LIMIT[z.dtype]))
         return z
 
     def activation_backward(self, delta, a, activation: str):
         if activation == "identity":
             return delta
-        if not _ok(delta, a) or activation not in _ACT:
+        code = ACT_CODES.get(activation)
+        if code is None or not _ok(delta, a) or delta.ndim != 2:
             return super().activation_backward(delta, a, activation)
         rows, cols = delta.shape
         if activation == "softmax":
             self._launch("softmax_backward", delta.dtype, rows,
-                         (delta, a, np.int64(rows), np.int32(cols)))
+                         (delta, a, np.int64(rows), np.int32(cols)), per_row=True)
         else:
             self._launch("activation_backward", delta.dtype, delta.size,
-                         (delta, a, np.int64(delta.size), np.int32(_ACT[activation])))
+                         (delta, a, np.int64(delta.size), np.int32(code)))
         return delta
 
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if not _ok(a, y, delta) or loss not in _LOSS:
+        if (loss not in LOSS_CODES or output not in ACT_CODES or not _ok(a, y, delta)
+                or a.ndim != 2 or a.shape[0] == 0 or (loss_acc is not None
+                                                      and not _ok_acc(loss_acc))):
             return super().output_delta(a, y, delta, output, loss, loss_acc)
+        t = a.dtype.type
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
-        acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), np.float64)
+        acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), _F64)
         rows, cols = a.shape
         self._launch("output_delta", a.dtype, rows,
-                     (a, y, delta, np.int64(rows), np.int32(cols), np.int32(_ACT[output]),
-                      np.int32(_LOSS[loss]), tiny, one_minus_eps, acc,
-                      np.int32(loss_acc is not None)))
+                     (a, y, delta, np.int64(rows), np.int32(cols), np.int32(ACT_CODES[output]),
+                      np.int32(LOSS_CODES[loss]), t(1.0 / rows), tiny, one_minus_eps, acc,
+                      np.int32(loss_acc is not None)), per_row=True)
         return delta
 
     def count_correct(self, a, y, acc):
-        if not _ok(a, y) or acc.dtype != np.float64:
+        if not (_ok(a, y) and a.ndim == 2 and _ok_acc(acc)):
             return super().count_correct(a, y, acc)
         rows, cols = a.shape
-        self._launch("count_correct", a.dtype, rows, (a, y, np.int64(rows), np.int32(cols), acc))
+        self._launch("count_correct", a.dtype, rows, (a, y, np.int64(rows), np.int32(cols), acc),
+                     per_row=True)
         return acc
 
     def gather_rows(self, data, idx, out, scale: float = 1.0, shift: float = 0.0):
-        if not (_ok(out) and data.flags.c_contiguous and idx.dtype == np.int64
-                and idx.flags.c_contiguous):
+        """As the reference, in one kernel; a row index out of range gives a row of NaN there
+        (training then reports divergence) instead of an exception, which would need a
+        synchronisation per batch."""
+        scaled = data.dtype == np.uint8
+        if not (out.dtype in _CTYPE and out.ndim == 2 and data.ndim == 2 and idx.ndim == 1
+                and idx.dtype == np.int64 and out.shape == (idx.shape[0], data.shape[1])
+                and (scaled or data.dtype == out.dtype) and out._c_contiguous
+                and data._c_contiguous and idx._c_contiguous):
             return super().gather_rows(data, idx, out, scale, shift)
         rows, cols = out.shape
-        if data.dtype == out.dtype:
-            self._launch("gather", out.dtype, out.size,
-                         (data, idx, out, np.int64(rows), np.int32(cols)))
-        elif data.dtype == np.uint8:
+        if scaled:
             t = out.dtype.type
             self._launch("gather_scale", out.dtype, out.size,
-                         (data, idx, out, np.int64(rows), np.int32(cols), t(scale), t(shift)))
+                         (data, idx, out, np.int64(out.size), np.int32(cols),
+                          np.int64(data.shape[0]), t(scale), t(shift)))
         else:
-            return super().gather_rows(data, idx, out, scale, shift)
+            self._launch("gather", out.dtype, out.size,
+                         (data, idx, out, np.int64(out.size), np.int32(cols),
+                          np.int64(data.shape[0])))
+        return out
+
+    def random_uniform(self, out, key, counter, offset: int = 0):
+        """As the reference, drawn on the device: one thread per block of 8 floats of the
+        stream (see ``random_uniform`` in fused.cu for how the counter and offset map)."""
+        if len(key) != 2 or len(counter) != 4 or int(offset) < 0:
+            raise ValueError(f"random_uniform takes 2 key words, 4 counter words and an offset "
+                             f">= 0, got {len(key)}, {len(counter)} and {offset}")
+        if not (out.dtype == _F32 and out._c_contiguous):
+            return super().random_uniform(out, key, counter, offset)
+        offset = int(offset)
+        mask = (1 << 64) - 1
+        total = sum((int(c) & mask) << (64 * i) for i, c in enumerate(counter))
+        total = (total + offset // 8 + 1) & ((1 << 256) - 1)   # numpy increments, then draws
+        first = offset % 8
+        n = out.size
+        self._launch("random_uniform", _F32, (first + n + 7) // 8,
+                     (out, np.int64(n), np.int32(first), np.uint64(int(key[0]) & mask),
+                      np.uint64(int(key[1]) & mask),
+                      *(np.uint64((total >> (64 * i)) & mask) for i in range(4))))
         return out
 
     def dropout_forward(self, a, uniform, rate: float, mask, out):
-        if not _ok(a, mask, out) or uniform.dtype != np.float32:
+        if not (_ok(a, mask, out) and a.ndim == 2 and uniform.dtype == _F32
+                and uniform.shape == a.shape and uniform._c_contiguous and 0.0 <= rate < 1.0):
             return super().dropout_forward(a, uniform, rate, mask, out)
         t = a.dtype.type
         self._launch("dropout_forward", a.dtype, a.size,
@@ -192,7 +473,7 @@ class CupyBackend(Backend):
         return delta
 
     def sgd_update(self, params, grads, lr: float, weight_decay: float = 0.0, n_decay: int = 0):
-        if not _ok(params, grads):
+        if not (_ok(params, grads) and params.ndim == 1 and 0 <= n_decay <= params.size):
             return super().sgd_update(params, grads, lr, weight_decay, n_decay)
         t = params.dtype.type
         self._launch("sgd_update", params.dtype, params.size,
@@ -202,18 +483,19 @@ class CupyBackend(Backend):
 
     def momentum_update(self, params, grads, velocity, lr: float, momentum: float,
                         weight_decay: float = 0.0, n_decay: int = 0, nesterov: bool = False):
-        if not _ok(params, grads, velocity):
+        if not (_ok(params, grads, velocity) and params.ndim == 1
+                and 0 <= n_decay <= params.size):
             return super().momentum_update(params, grads, velocity, lr, momentum, weight_decay,
                                            n_decay, nesterov)
         t = params.dtype.type
         self._launch("momentum_update", params.dtype, params.size,
                      (params, grads, velocity, t(lr), t(momentum), t(weight_decay),
-                      np.int64(n_decay), np.int64(params.size), np.int32(nesterov)))
+                      np.int64(n_decay), np.int64(params.size), np.int32(bool(nesterov))))
         return params
 
     def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
                     step: int, weight_decay: float = 0.0, n_decay: int = 0):
-        if not _ok(params, grads, m, v):
+        if not (_ok(params, grads, m, v) and params.ndim == 1 and 0 <= n_decay <= params.size):
             return super().adam_update(params, grads, m, v, lr, beta1, beta2, eps, step,
                                        weight_decay, n_decay)
         t = params.dtype.type
