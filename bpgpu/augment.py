@@ -127,6 +127,9 @@ class Augment:
             if name in seen:
                 raise ConfigError(f"augment: {name} is given twice in {spec!r}")
             seen.add(name)
+            if name not in ("shift", "rotate", "scale", "shear", "elastic", "shape"):
+                raise ConfigError(f"augment: unknown setting {name!r}; use shift, rotate, scale, "
+                                  "shear, elastic, shape")
             if not sep or not value:
                 raise ConfigError(f"augment: expected name=value, got {item!r} (e.g. "
                                   "shift=2,rotate=10,scale=0.1,shear=0.2,elastic=34:4)")
@@ -140,14 +143,11 @@ class Augment:
                     if not colon:
                         raise ValueError
                     fields["elastic_alpha"], fields["elastic_sigma"] = float(alpha), float(sigma)
-                elif name == "shape":
+                else:
                     h, x, w = value.lower().partition("x")
                     if not x:
                         raise ValueError
                     fields["shape"] = (int(h), int(w))
-                else:
-                    raise ConfigError(f"augment: unknown setting {name!r}; use shift, rotate, "
-                                      "scale, shear, elastic, shape")
             except ValueError:
                 form = {"shift": "an integer", "elastic": "ALPHA:SIGMA", "shape": "HxW"}
                 raise ConfigError(f"augment: {name}={value!r} is not "

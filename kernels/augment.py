@@ -80,15 +80,22 @@ def gather_augmented(data, idx, out, uniform, field, has_field, height, width, t
                     for q in range(width):
                         dst[base + q] = fill
                     continue
-                sbase = sr * width
-                for q in range(width):
-                    sq = q - itx
-                    if sq < 0 or sq >= width:
-                        dst[base + q] = fill
-                    elif scaled:
-                        dst[base + q] = src[sbase + sq] * scale + shift
-                    else:
-                        dst[base + q] = src[sbase + sq]
+                # columns [q_lo, q_hi) come from the image, the others are fill: three
+                # branch-free loops (the copy vectorises)
+                q_lo = min(max(itx, 0), width)
+                q_hi = max(min(width + itx, width), q_lo)
+                for q in range(q_lo):
+                    dst[base + q] = fill
+                d = dst[base + q_lo:base + q_hi]
+                row = src[sr * width + q_lo - itx:sr * width + q_hi - itx]
+                if scaled:
+                    for q in range(d.shape[0]):
+                        d[q] = row[q] * scale + shift
+                else:
+                    for q in range(d.shape[0]):
+                        d[q] = row[q]
+                for q in range(q_hi, width):
+                    dst[base + q] = fill
             continue
         theta = (2.0 * np.float64(uniform[b, 2]) - 1.0) * rotate
         s = 1.0 + (2.0 * np.float64(uniform[b, 3]) - 1.0) * zoom
