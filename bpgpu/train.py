@@ -126,7 +126,7 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         weight_decay=0.0, dropout=0.0, validation_data=None, validation_split=None,
         early_stopping=None, shuffle=True, train_metrics=True, progress=False, on_epoch=None,
         checkpoint=None, checkpoint_every=1, resume=None, checkpoint_info=None, augment=None,
-        schedule=None):
+        schedule=None, comm=None):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -188,6 +188,13 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
         metrics, early stopping, validation) must be the same. The result is bit-identical to a
         run that never stopped, on the same backend (within the parity tolerances on another).
 
+    comm : mpi4py communicator or :class:`bpgpu.distributed.DataParallel`, optional
+        Train data-parallel on its ranks (:mod:`bpgpu.distributed`): every rank calls ``fit``
+        with the same model, data and options; each global batch of ``batch_size`` rows is
+        split across the ranks and their gradients are summed by one Allreduce per step, so the
+        result is that of one process (within rounding). Rank 0's generator drives the run;
+        only rank 0 prints and writes the checkpoint.
+
     Returns
     -------
     History
@@ -204,6 +211,15 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     from .checkpoint import read_checkpoint
     from .schedules import make_schedule
 
+    parallel = saved = None
+    if comm is not None:     # every rank checks it trains what rank 0 trains, takes rank 0's state
+        from .distributed import start
+        parallel, saved = start(comm, model, X, y, validation_data, resume, dict(
+            epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, dropout=dropout, validation_split=validation_split,
+            early_stopping=early_stopping, shuffle=shuffle, train_metrics=train_metrics,
+            checkpoint=checkpoint is not None, checkpoint_every=checkpoint_every,
+            augment=augment, schedule=schedule))
     epochs, batch_size, patience = _check_options(epochs, batch_size, dropout, early_stopping)
     checkpoint_every = int(checkpoint_every)
     if checkpoint_every < 1:
@@ -217,7 +233,8 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
     if aug is not None:
         aug = aug.resolved(model.sizes[0], X.shape[1:] if X.ndim == 3 else None)
     sched = make_schedule(schedule, lr, epochs)
-    saved = read_checkpoint(resume) if resume is not None else None
+    if parallel is None and resume is not None:
+        saved = read_checkpoint(resume)
     if saved is not None:
         saved.check_model(model)
     validation = "data" if validation_data is not None else None
@@ -238,8 +255,9 @@ def fit(model, X, y, *, epochs=10, batch_size=64, optimizer="sgd", lr=0.1, momen
                            "validation": validation,
                            "augment": None if aug is None else aug.to_dict(),
                            "schedule": None if isinstance(sched, Constant) else sched.settings()})
-    run = _Run(model, X, y, validation_data, opt, batch_size=batch_size, dropout=dropout,
-               patience=patience, shuffle=shuffle, train_metrics=train_metrics, augment=aug)
+    run = (_Run if parallel is None else parallel.make_run)(
+        model, X, y, validation_data, opt, batch_size=batch_size, dropout=dropout,
+        patience=patience, shuffle=shuffle, train_metrics=train_metrics, augment=aug)
     run.schedule = sched
     if checkpoint is not None or saved is not None:
         run.data_prints = _data_prints(X, y, validation_data)
