@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from types import SimpleNamespace
 
 import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["Augment", "make_augment", "augment_counter", "AUGMENT_STREAM", "PARAMS", "FIELD",
+__all__ = ["Augment", "make_augment", "preview", "augment_counter", "AUGMENT_STREAM", "PARAMS", "FIELD",
            "UNIFORMS_PER_IMAGE"]
 
 #: Last word of every augmentation stream's Philox counter (ASCII "augment"): names the purpose,
@@ -248,6 +249,43 @@ class Augment:
             bufs["aug_noise"] = backend.empty(shape, np.float32)
             bufs["aug_field"] = backend.empty(shape, dtype)
         return bufs
+
+
+def preview(X, augment, *, step=0, seed=0, backend="numpy", input_scale=1.0 / 255):
+    """The images ``X`` as training step ``step`` of a model seeded ``seed`` would see them.
+
+    Parameters
+    ----------
+    X : array, shape (N, H*W) or (N, H, W)
+        uint8 (scaled by ``input_scale``) or float images.
+    augment : spec string, dict or Augment
+    step : int
+        The training step whose streams are drawn (different steps: different variations).
+    seed : int
+        The model's seed (its :func:`bpgpu.mlp.stream_key`).
+    backend : str or Backend
+
+    Returns
+    -------
+    ndarray, shape (N, H*W), float32
+        Rows ``0 .. N-1`` warped as rows ``0 .. N-1`` of that step's batch.
+    """
+    from .backends import get_backend
+    from .mlp import stream_key
+    X = np.asarray(X)
+    aug = make_augment(augment)
+    n = X.shape[0]
+    flat = X.reshape(n, -1)
+    be = get_backend(backend)
+    out = be.empty((n, flat.shape[1]), np.float32)
+    if aug is None:
+        be.gather_rows(be.asarray(flat), be.asarray(np.arange(n)), out, input_scale)
+        return be.to_host(out)
+    aug = aug.resolved(flat.shape[1], X.shape[1:] if X.ndim == 3 else None)
+    ws = SimpleNamespace(a=[out], **aug.buffers(be, n, np.float32))   # what gather() uses
+    aug.gather(be, ws, be.asarray(flat), be.asarray(np.arange(n)), stream_key(seed), step, 0,
+               input_scale, 0.0)
+    return be.to_host(out)
 
 
 def make_augment(augment) -> Augment | None:

@@ -381,3 +381,18 @@ def test_fit_refuses_non_image_inputs():
     h = net.fit(X.reshape(20, 6, 10), np.arange(20) % 2, augment="shift=1", epochs=1)
     assert h.epoch == [1]
     net.fit(X, np.arange(20) % 2, augment="shift=1,shape=6x10", epochs=1)
+
+
+# ------------------------------------------------------------------------------ the demo
+def test_augment_demo_shows_digits_and_scores_three_ways(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from bpgpu import demos
+
+    from .test_demos import assert_real_png
+    res = demos.augment(out=str(tmp_path), train_samples=600, epochs=1)
+    acc = res["accuracy"]
+    assert list(acc) == ["plain", "Nielsen's 5x expansion", "on-device augmentation"]
+    assert all(0.6 < a <= 1 for a in acc.values())
+    out = capsys.readouterr().out
+    assert "points)" in out and "augment.png" in out
+    assert_real_png(res["picture"], 600, 300)
