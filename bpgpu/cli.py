@@ -135,7 +135,7 @@ def _build_model(args, data):
 RESUMED_OPTIONS = ("dataset", "target", "hidden", "activation", "output", "loss", "init", "seed",
                    "dtype", "epochs", "batch_size", "optimizer", "lr", "momentum",
                    "weight_decay", "dropout", "validation_split", "early_stopping", "no_shuffle",
-                   "checkpoint_every")
+                   "checkpoint_every", "augment", "schedule")
 
 
 def _given_on_command_line(args) -> set:
@@ -144,6 +144,24 @@ def _given_on_command_line(args) -> set:
     for action in train._actions:
         action.default = argparse.SUPPRESS
     return set(vars(train.parse_args(args.argv[args.argv.index("train") + 1:])))
+
+
+def _apply_recipe(args):
+    """``--recipe NAME``: the recipe's options for ``--dataset`` (bpgpu.recipes), except those the
+    command line gives explicitly; says on stderr what it set."""
+    from .recipes import recipe_for
+    try:
+        options = recipe_for(args.recipe, args.dataset)
+    except KeyError as exc:
+        raise UsageError(f"--recipe: {exc.args[0]}") from None
+    given = _given_on_command_line(args)
+    used = {k: v for k, v in options.items() if k not in given}
+    for name, value in used.items():
+        setattr(args, name, value)
+    shown = " ".join(f"--{k.replace('_', '-')} "
+                     f"{','.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in used.items())
+    print(f"recipe {args.recipe} for {args.dataset}: {shown}", file=sys.stderr)
 
 
 def _apply_resume(args):
@@ -186,8 +204,14 @@ def cmd_train(args):
     from .backends import auto_reason
     from .datasets import load_dataset
     from .train import TrainingInterrupted
+    if args.recipe:
+        _apply_recipe(args)
     if args.resume:
         _apply_resume(args)
+    from .augment import make_augment
+    from .schedules import make_schedule
+    make_augment(args.augment)                          # bad specs: one line before any work
+    make_schedule(args.schedule, args.lr, args.epochs)
     _writable(args.save, "--save")
     _writable(args.checkpoint, "--checkpoint")
     _writable(args.json, "--json")
@@ -214,7 +238,8 @@ def cmd_train(args):
                           early_stopping=args.early_stopping, shuffle=not args.no_shuffle,
                           progress=not args.quiet, checkpoint=args.checkpoint,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
-                          checkpoint_info=info, comm=getattr(args, "world", None))
+                          checkpoint_info=info, augment=args.augment, schedule=args.schedule,
+                          comm=getattr(args, "world", None))
     except TrainingInterrupted as stop:
         return _save_after_interrupt(args, net, stop)
     wall = time.perf_counter() - t0
@@ -234,7 +259,8 @@ def cmd_train(args):
                                 "fit": {k: getattr(args, k) for k in
                                         ("epochs", "batch_size", "optimizer", "lr", "momentum",
                                          "weight_decay", "dropout", "validation_split",
-                                         "early_stopping")}})
+                                         "early_stopping", "augment", "schedule",
+                                         "recipe")}})
     if args.plot:
         from .plots import plot_confusion, plot_first_layer, plot_history
         plot_history(history, args.plot)
@@ -444,9 +470,10 @@ def _choices():
     from .init import INITS
     from .mlp import _DTYPES
     from .optim import OPTIMIZERS
+    from .recipes import RECIPES
     return dict(activation=HIDDEN_ACTIVATIONS, output=OUTPUT_ACTIVATIONS, loss=LOSSES, init=INITS,
                 optimizer=OPTIMIZERS, backend=("auto",) + backend_names(), dtype=tuple(_DTYPES),
-                demo=tuple(DEMOS))
+                demo=tuple(DEMOS), recipe=tuple(RECIPES))
 
 
 def _add_backend_arg(p, choices):
@@ -492,6 +519,15 @@ def build_parser():
     p.add_argument("--validation-split", type=float, default=None)
     p.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE")
     p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--augment", metavar="SPEC", default=None,
+                   help="warp every training image on the device, e.g. shift=2,rotate=10,"
+                        "scale=0.1,shear=0.2,elastic=34:4 (shape=HxW for non-square images)")
+    p.add_argument("--schedule", metavar="SPEC", default=None,
+                   help="learning-rate schedule: step:every=10,factor=0.5 | cosine:warmup=5,"
+                        "min=0 | nielsen:patience=10,halvings=7 | constant")
+    p.add_argument("--recipe", default=None, choices=choices["recipe"],
+                   help="the measured recipe for --dataset (mnist, fashion-mnist); options "
+                        "given explicitly override it")
     p.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="write a resumable checkpoint after every epoch (and on Ctrl-C)")
