@@ -168,6 +168,8 @@ class DataParallel:
         self.timeout = _timeout_from_env() if timeout is None else float(timeout)
         self.watch = _Watchdog(self)
         self.watch.ensure_running()
+        #: set when ``fit`` reaches its first collective call (:func:`start`)
+        self.started = False
 
     @classmethod
     def of(cls, comm):
@@ -207,8 +209,9 @@ class DataParallel:
             self.comm.Barrier()
 
     def abort(self, message, code=1):
-        """Print ``message`` (with this rank) on stderr and end every rank of the job."""
-        print(f"bpgpu: rank {self.rank} of {self.size}: {message}", file=sys.stderr, flush=True)
+        """Print ``message`` (with this rank) on the process's stderr and end every rank of
+        the job."""
+        _say(f"bpgpu: rank {self.rank} of {self.size}: {message}")
         self.comm.Abort(code)
         os._exit(code)   # pragma: no cover -- Abort does not return
 
@@ -258,9 +261,15 @@ class _Watchdog:
                            "died or hangs; stopping every rank (BPGPU_MPI_TIMEOUT sets the limit)")
                 if par.MPI.Query_thread() == par.MPI.THREAD_MULTIPLE:
                     par.abort(message)
-                print(f"bpgpu: rank {par.rank} of {par.size}: {message}", file=sys.stderr,
-                      flush=True)
+                _say(f"bpgpu: rank {par.rank} of {par.size}: {message}")
                 os._exit(1)   # without MPI_THREAD_MULTIPLE: mpirun ends a job whose rank exits
+
+
+def _say(line):
+    """Print a line on the process's own stderr (``bpgpu train --distributed`` silences
+    ``sys.stderr`` on ranks other than 0; what a failing rank says must still be seen)."""
+    stream = sys.__stderr__ or sys.stderr
+    print(line, file=stream, flush=True)
 
 
 class _Watched:
@@ -333,9 +342,13 @@ def start(comm, model, X, y, validation_data, resume, settings):
     """
     from .checkpoint import read_checkpoint
     par = DataParallel.of(comm)
+    par.started = True
     everyone = par.allgather(_identity(model, X, y, validation_data,
                                        dict(settings, resume=resume is not None)),
                              "the start-up check")
+    failed = [(rank, who[1]) for rank, who in enumerate(everyone) if isinstance(who, tuple)]
+    if failed:          # ranks that stopped before fit (see run_command) sent their error here
+        raise DistributedError("; ".join(f"rank {r}: {m}" for r, m in failed), report=par.lead)
     problem = _differences(everyone)
     if problem:
         raise DistributedError("the ranks were given different work; " + problem,
@@ -368,6 +381,54 @@ def start(comm, model, X, y, validation_data, resume, settings):
             raise DistributedError(f"rank 0: {exc}", report=False)
         saved = outcome[1]
     return par, saved
+
+
+def run_command(command, args):
+    """Run a ``bpgpu`` command (``args.func``) as one rank of ``bpgpu ... --distributed``.
+
+    ``args.world`` becomes the :class:`DataParallel` of ``MPI.COMM_WORLD`` (what the command
+    passes to ``fit``). Ranks other than 0 print nothing (their stdout and stderr go to
+    os.devnull; a rank that fails still reports on the process's stderr) and write no files
+    (their ``--save``, ``--json`` and ``--plot`` are dropped; ``fit`` writes the checkpoint on
+    rank 0). With the cupy backend each rank takes its own GPU. An error on a rank before
+    ``fit`` starts is sent to the others through the first collective call of ``fit``, so all
+    stop and rank 0 reports it; at the end the ranks wait for each other (rank 0 may still be
+    writing files), so none is ended by mpirun while another is saving.
+    """
+    par = args.world = DataParallel(mpi().COMM_WORLD, overlap=getattr(args, "overlap", False))
+    if not par.lead:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        for name in ("save", "json", "plot"):
+            if hasattr(args, name):
+                setattr(args, name, None)
+    backend = getattr(args, "backend", "auto")
+    if backend == "cupy" or (backend == "auto" and cupy_status()[0] is not None):
+        use_local_gpu(par)
+    try:
+        code = command(args)
+    except Exception as exc:
+        if not par.started:
+            par.allgather(("failed", _first_line(exc)), "the start-up check")
+        if _user_error(exc):
+            if par.lead:            # one line, as bpgpu.cli.main prints it
+                print(f"bpgpu: error: {_first_line(exc)}", file=sys.stderr, flush=True)
+        else:                       # a bug: its traceback, wherever it happened
+            _say("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        code = 2
+    par.barrier("the end of the run")
+    return code
+
+
+def _first_line(exc):
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _user_error(exc):
+    """The errors ``bpgpu`` reports in one line (bpgpu.cli.main's list)."""
+    import argparse
+    from .cli import UsageError
+    return isinstance(exc, (UsageError, BpgpuError, OSError, argparse.ArgumentError,
+                            argparse.ArgumentTypeError))
 
 
 def use_local_gpu(comm):
@@ -709,7 +770,7 @@ class DistributedRun(_Run):
             if isinstance(exc, DistributedError) or getattr(exc, "bpgpu_collective", False):
                 raise
             detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            print(detail, file=sys.stderr, end="", flush=True)
+            _say(detail.rstrip("\n"))
             par.abort(f"{type(exc).__name__}: {exc} -- stopping every rank")
 
     def _wired(self):
