@@ -166,8 +166,8 @@ class DataParallel:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.overlap = bool(overlap)
         self.timeout = _timeout_from_env() if timeout is None else float(timeout)
-        self.watch = _Watchdog(self)
-        self.watch.ensure_running()
+        if self.timeout > 0:
+            _WATCHDOG.ensure_running()
         #: set when ``fit`` reaches its first collective call (:func:`start`)
         self.started = False
 
@@ -193,6 +193,10 @@ class DataParallel:
         finally:
             local.Free()
 
+    def watch(self, what):
+        """A context in which this rank waits in the collective ``what``, watched."""
+        return _Watched(self, what)
+
     def allgather(self, obj, what):
         """``comm.allgather(obj)``, watched."""
         with self.watch(what):
@@ -217,52 +221,43 @@ class DataParallel:
 
 
 class _Watchdog:
-    """Aborts the job when this rank waits in one collective longer than the timeout.
+    """Aborts the job when this process waits in one collective longer than its timeout.
 
-    The main thread marks the start and end of each wait (two attribute writes); a daemon thread,
-    started on first use, looks once a second. mpi4py releases the GIL inside blocking MPI calls,
-    and MPI is initialised with MPI_THREAD_MULTIPLE, so the thread can call MPI_Abort while the
-    main thread is blocked in an Allreduce.
+    The main thread marks the start (``par``, ``what``, ``since``) and the end (``since = None``)
+    of each wait: attribute writes, cheap enough for every step. One daemon thread per process,
+    started with the first DataParallel that has a timeout, looks four times a second. mpi4py
+    releases the GIL inside blocking MPI calls and initialises MPI with MPI_THREAD_MULTIPLE, so
+    the thread can call MPI_Abort while the main thread is blocked in an Allreduce.
     """
 
-    def __init__(self, par):
-        self.par = par
-        self.since = None
-        self.what = ""
+    def __init__(self):
+        self.par, self.what, self.since = None, "", None
         self._thread = None
 
     def ensure_running(self):
-        """Start the watching thread (once; not at all without a timeout)."""
-        if self._thread is None and self.par.timeout > 0:
+        """Start the watching thread (once per process)."""
+        if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="bpgpu-mpi-watchdog",
                                             daemon=True)
             self._thread.start()
 
-    def start(self, what):
-        """Mark the start of a wait in ``what``."""
-        self.what = what
-        self.since = time.monotonic()
-
-    def stop(self):
-        """Mark the end of the wait."""
-        self.since = None
-
-    def __call__(self, what):
-        return _Watched(self, what)
-
     def _loop(self):
-        timeout = self.par.timeout
         while True:
-            time.sleep(min(1.0, timeout / 4))
-            since = self.since
-            if since is not None and time.monotonic() - since > timeout:
-                par = self.par
-                message = (f"waited {timeout:g} s in {self.what} for the other ranks: one of them "
-                           "died or hangs; stopping every rank (BPGPU_MPI_TIMEOUT sets the limit)")
+            time.sleep(0.25)
+            par, what, since = self.par, self.what, self.since
+            if since is None or par is None or par.timeout <= 0:
+                continue
+            if time.monotonic() - since > par.timeout:
+                message = (f"waited {par.timeout:g} s in {what} for the other ranks: one of "
+                           "them died or hangs; stopping every rank (BPGPU_MPI_TIMEOUT sets the "
+                           "limit)")
                 if par.MPI.Query_thread() == par.MPI.THREAD_MULTIPLE:
                     par.abort(message)
                 _say(f"bpgpu: rank {par.rank} of {par.size}: {message}")
                 os._exit(1)   # without MPI_THREAD_MULTIPLE: mpirun ends a job whose rank exits
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _say(line):
@@ -273,14 +268,14 @@ def _say(line):
 
 
 class _Watched:
-    def __init__(self, dog, what):
-        self.dog, self.what = dog, what
+    def __init__(self, par, what):
+        self.par, self.what = par, what
 
     def __enter__(self):
-        self.dog.start(self.what)
+        _WATCHDOG.par, _WATCHDOG.what, _WATCHDOG.since = self.par, self.what, time.monotonic()
 
     def __exit__(self, *exc):
-        self.dog.stop()
+        _WATCHDOG.since = None
         return False
 
 
@@ -370,16 +365,17 @@ def start(comm, model, X, y, validation_data, resume, settings):
         outcome = None
         if par.lead:
             try:
-                outcome = ("ok", read_checkpoint(resume))
+                saved = read_checkpoint(resume)
             except (BpgpuError, OSError) as exc:
-                outcome = ("error", exc)
-        outcome = par.bcast(outcome, "reading the checkpoint")
-        if outcome[0] == "error":
-            exc = outcome[1]
+                outcome = f"{type(exc).__name__}: {exc}"
+                error = exc
+        outcome = par.bcast(saved if outcome is None else outcome, "reading the checkpoint")
+        if isinstance(outcome, str):
             if par.lead:
-                raise exc
-            raise DistributedError(f"rank 0: {exc}", report=False)
-        saved = outcome[1]
+                raise error
+            raise DistributedError(f"rank 0 could not read the checkpoint: {outcome}",
+                                   report=False)
+        saved = outcome
     return par, saved
 
 
@@ -511,7 +507,8 @@ class _HostReducer:
 
     def finish(self, grads):
         """After back-propagation: sum the gradients (and the flag) over the ranks."""
-        MPI, dog = self.MPI, self.par.watch
+        MPI, dog = self.MPI, _WATCHDOG
+        dog.par = self.par
         if self.par.overlap:
             for l in reversed(range(len(self.started))):   # in backward's order, as every
                 if not self.started[l]:        # rank must start collectives in the same order
@@ -625,8 +622,7 @@ class _NcclReducer:
         self.count += 1
 
     def _read(self, slot):
-        dog = self.par.watch
-        with dog("the NCCL gradient reduction"):
+        with self.par.watch("the NCCL gradient reduction"):
             self.copied[slot].synchronize()
         return bool(self.flag_host[slot] > 0)
 

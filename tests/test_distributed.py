@@ -224,8 +224,8 @@ def test_a_signal_to_one_rank_stops_all_and_the_checkpoint_resumes_on_2_and_4(tm
 
 
 def test_ranks_given_different_work_are_told_at_the_start(tmp_path):
-    """Different data, hidden width, learning rate or backend on rank 1: a DistributedError on
-    every rank naming what differs; a checkpoint rank 0 cannot write: an error on every rank."""
+    """Different data, hidden width or learning rate on rank 1: a DistributedError on every rank
+    naming what differs; a checkpoint rank 0 cannot write or read: an error on every rank."""
     cases = []
     for what in ("data", "hidden", "lr"):
         case = _case(f"differ_{what}", n=90, optimizer="sgd", lr=0.1)
@@ -233,6 +233,8 @@ def test_ranks_given_different_work_are_told_at_the_start(tmp_path):
         cases.append(case)
     cases.append(_case("unwritable", n=90, optimizer="sgd", lr=0.1,
                        checkpoint=str(tmp_path / "missing-{rank}" / "ck.npz")))
+    cases.append(_case("unreadable", n=90, optimizer="sgd", lr=0.1,
+                       resume=str(tmp_path / "no-such-checkpoint.npz")))
     # rank 1's directory exists, rank 0's does not: only rank 0 writes, and it fails
     (tmp_path / "missing-1").mkdir()
     start = time.monotonic()
@@ -248,6 +250,10 @@ def test_ranks_given_different_work_are_told_at_the_start(tmp_path):
     _, records = results["unwritable"]
     assert records[0]["outcome"] == "error" and "missing-0" in records[0]["message"]
     assert records[1]["outcome"] == "error" and "rank 0 could not write" in records[1]["message"]
+    _, records = results["unreadable"]                 # rank 0 reads, the others are told
+    assert records[0]["error"] == "ModelFileError" and "no-such-checkpoint" in records[0]["message"]
+    assert records[1]["error"] == "DistributedError"
+    assert "rank 0 could not read the checkpoint" in records[1]["message"]
     assert time.monotonic() - start < 200
 
 
