@@ -16,20 +16,19 @@ it would have seen, and a process of a data-parallel run draws just its rows of 
 
 The warp itself is two backend ops (their docstrings are the contract): ``elastic_field``
 (Simard et al. 2003: uniform noise in [-1, 1] smoothed by a Gaussian of ``sigma``, times ``alpha``)
-and ``gather_augmented`` (translation, rotation, zoom and shear about the image centre, plus the
-elastic displacement, sampled bilinearly with zero fill).
+and ``gather_augmented`` (mirror, translation, rotation, zoom and shear about the image centre,
+plus the elastic displacement, sampled bilinearly with zero fill).
 
 Spec strings (``bpgpu train --augment``, ``fit(augment=...)``): comma-separated ``name=value``:
 
-============  ==========================================================================
-``shift=K``   random translation by a whole number of pixels in [-K, K], each axis
-``rotate=D``  random rotation by an angle in [-D, D] degrees
-``scale=F``   random zoom by a factor in [1 - F, 1 + F] (0 <= F < 1)
-``shear=S``   random horizontal shear by a factor in [-S, S]
-``elastic=A:S``  elastic distortion of strength ``alpha = A`` and smoothness ``sigma = S`` pixels
-              (Simard: 34:4 on MNIST)
-``shape=HxW`` the image shape (default: a 3-D ``X``'s, or the square root of a square input)
-============  ==========================================================================
+- ``shift=K``: random translation by a whole number of pixels in [-K, K], each axis;
+- ``rotate=D``: random rotation by an angle in [-D, D] degrees;
+- ``scale=F``: random zoom by a factor in [1 - F, 1 + F] (0 <= F < 1);
+- ``shear=S``: random horizontal shear by a factor in [-S, S];
+- ``elastic=A:S``: elastic distortion of strength ``alpha = A`` and smoothness ``sigma = S``
+  pixels (Simard: 34:4 on MNIST);
+- ``flip=P``: a left-right mirror with probability P (for clothes, not digits);
+- ``shape=HxW``: the image shape (default: a 3-D ``X``'s, or the square root of a square input).
 
 e.g. ``"shift=2"`` or ``"shift=2,rotate=10,scale=0.1,shear=0.2,elastic=34:4"``.
 """
@@ -52,7 +51,7 @@ __all__ = ["Augment", "make_augment", "preview", "augment_counter", "AUGMENT_STR
 AUGMENT_STREAM = int.from_bytes(b"augment", "little")
 #: Third counter word of the stream of per-image transform parameters, and of the elastic fields.
 PARAMS, FIELD = 0, 1
-#: Uniform numbers per image in the parameter stream: one Philox block (5 used, 3 reserved).
+#: Uniform numbers per image in the parameter stream: one Philox block (6 used, 2 reserved).
 UNIFORMS_PER_IMAGE = 8
 
 
@@ -78,6 +77,8 @@ class Augment:
         Largest horizontal shear factor.
     elastic_alpha, elastic_sigma : float
         Elastic distortion (alpha 0: none); sigma > 0 when alpha > 0.
+    flip : float
+        Probability of a left-right mirror, in [0, 1] (clothes, not digits).
     shape : (int, int) or None
         (height, width); None until :meth:`resolved` for a dataset.
     """
@@ -87,6 +88,7 @@ class Augment:
     shear: float = 0.0
     elastic_alpha: float = 0.0
     elastic_sigma: float = 0.0
+    flip: float = 0.0
     shape: tuple | None = None
 
     def __post_init__(self):
@@ -94,7 +96,7 @@ class Augment:
             raise ConfigError(f"augment: {what}")
         if isinstance(self.shift, bool) or int(self.shift) != self.shift or self.shift < 0:
             bad(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
-        for name in ("rotate", "scale", "shear", "elastic_alpha", "elastic_sigma"):
+        for name in ("rotate", "scale", "shear", "elastic_alpha", "elastic_sigma", "flip"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 bad(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value!r}")
@@ -102,6 +104,8 @@ class Augment:
             bad(f"rotate is the largest angle in degrees, at most 180; got {self.rotate}")
         if self.scale >= 1:
             bad(f"scale is the largest relative zoom, below 1; got {self.scale}")
+        if self.flip > 1:
+            bad(f"flip is a probability, at most 1; got {self.flip}")
         if self.elastic_alpha > 0 and self.elastic_sigma <= 0:
             bad("elastic needs a sigma > 0 (elastic=ALPHA:SIGMA)")
         if self.shape is not None:
@@ -111,7 +115,7 @@ class Augment:
                 bad(f"shape must be two positive integers (height, width), got {self.shape!r}")
             object.__setattr__(self, "shape", (int(shape[0]), int(shape[1])))
         object.__setattr__(self, "shift", int(self.shift))
-        for name in ("rotate", "scale", "shear", "elastic_alpha", "elastic_sigma"):
+        for name in ("rotate", "scale", "shear", "elastic_alpha", "elastic_sigma", "flip"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     # ------------------------------------------------------------------ spec strings
@@ -128,16 +132,16 @@ class Augment:
             if name in seen:
                 raise ConfigError(f"augment: {name} is given twice in {spec!r}")
             seen.add(name)
-            if name not in ("shift", "rotate", "scale", "shear", "elastic", "shape"):
+            if name not in ("shift", "rotate", "scale", "shear", "elastic", "flip", "shape"):
                 raise ConfigError(f"augment: unknown setting {name!r}; use shift, rotate, scale, "
-                                  "shear, elastic, shape")
+                                  "shear, elastic, flip, shape")
             if not sep or not value:
                 raise ConfigError(f"augment: expected name=value, got {item!r} (e.g. "
                                   "shift=2,rotate=10,scale=0.1,shear=0.2,elastic=34:4)")
             try:
                 if name == "shift":
                     fields["shift"] = int(value)
-                elif name in ("rotate", "scale", "shear"):
+                elif name in ("rotate", "scale", "shear", "flip"):
                     fields[name] = float(value)
                 elif name == "elastic":
                     alpha, colon, sigma = value.partition(":")
@@ -163,6 +167,8 @@ class Augment:
         for name in ("rotate", "scale", "shear"):
             if getattr(self, name):
                 parts.append(f"{name}={getattr(self, name):g}")
+        if self.flip:
+            parts.append(f"flip={self.flip:g}")
         if self.elastic_alpha:
             parts.append(f"elastic={self.elastic_alpha:g}:{self.elastic_sigma:g}")
         if self.shape is not None:
@@ -179,7 +185,8 @@ class Augment:
     @property
     def identity(self) -> bool:
         """True when nothing is changed (every range 0)."""
-        return not (self.shift or self.rotate or self.scale or self.shear or self.elastic_alpha)
+        return not (self.shift or self.rotate or self.scale or self.shear or self.elastic_alpha
+                    or self.flip)
 
     @property
     def elastic(self) -> bool:
@@ -239,7 +246,7 @@ class Augment:
                                      self.elastic_alpha)
         return be.gather_augmented(X_dev, idx, ws.a[0], ws.aug_uniform, field, height, width,
                                    self.shift, math.radians(self.rotate), self.scale, self.shear,
-                                   scale, shift)
+                                   self.flip, scale, shift)
 
     def buffers(self, backend, rows, dtype) -> dict:
         """The workspace buffers :meth:`gather` needs for batches of up to ``rows`` images."""

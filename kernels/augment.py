@@ -6,8 +6,9 @@ Imported only by the numba backend. One image per iteration of the outer (``pran
 image's row is prefetched a few images ahead, as in the plain gather (kernels/cpu.py). Two paths
 per image:
 
-- translation only (no rotation, zoom, shear or field): a whole-pixel shifted copy, exactly the
-  plain gather's arithmetic (``x * scale + shift``), so its values are bit-identical to it;
+- translation and mirror only (no rotation, zoom, shear or field): a whole-pixel shifted (and
+  perhaps mirrored) copy, exactly the plain gather's arithmetic (``x * scale + shift``), so its
+  values are bit-identical to it;
 - otherwise: the sampling map per output pixel and bilinear interpolation with zero fill. Where
   all four neighbours lie inside the image (most pixels) they are read without bounds checks.
 
@@ -41,7 +42,7 @@ def _variants(fn):
 
 
 def gather_augmented(data, idx, out, uniform, field, has_field, height, width, translate, rotate,
-                     zoom, shear, scale, shift, scaled):
+                     zoom, shear, flip, scale, shift, scaled):
     """out[b] = warp_b(data[idx[b]]) (* scale + shift when ``scaled``); see the module docstring.
 
     ``field`` is read only when ``has_field`` (pass any array of out's dtype otherwise).
@@ -70,6 +71,7 @@ def gather_augmented(data, idx, out, uniform, field, has_field, height, width, t
         dst = out[b]
         tx = np.floor(np.float64(uniform[b, 0]) * span) - translate
         ty = np.floor(np.float64(uniform[b, 1]) * span) - translate
+        mirror = np.float64(uniform[b, 5]) < flip
         if not affine:                           # whole-pixel shift: a copy with zero fill
             itx = int(tx)
             ity = int(ty)
@@ -81,19 +83,34 @@ def gather_augmented(data, idx, out, uniform, field, has_field, height, width, t
                         dst[base + q] = fill
                     continue
                 # columns [q_lo, q_hi) come from the image, the others are fill: three
-                # branch-free loops (the copy vectorises)
-                q_lo = min(max(itx, 0), width)
-                q_hi = max(min(width + itx, width), q_lo)
+                # branch-free loops (the copy vectorises). Column q reads q - tx, or
+                # (width - 1) - q - tx mirrored.
+                if mirror:
+                    q_lo = min(max(-itx, 0), width)
+                    q_hi = max(min(width - itx, width), q_lo)
+                else:
+                    q_lo = min(max(itx, 0), width)
+                    q_hi = max(min(width + itx, width), q_lo)
                 for q in range(q_lo):
                     dst[base + q] = fill
                 d = dst[base + q_lo:base + q_hi]
-                row = src[sr * width + q_lo - itx:sr * width + q_hi - itx]
-                if scaled:
-                    for q in range(d.shape[0]):
-                        d[q] = row[q] * scale + shift
+                if mirror:
+                    row = src[sr * width:(sr + 1) * width]
+                    last = width - 1 - q_lo - itx      # the source column of d[0]
+                    if scaled:
+                        for q in range(d.shape[0]):
+                            d[q] = row[last - q] * scale + shift
+                    else:
+                        for q in range(d.shape[0]):
+                            d[q] = row[last - q]
                 else:
-                    for q in range(d.shape[0]):
-                        d[q] = row[q]
+                    row = src[sr * width + q_lo - itx:sr * width + q_hi - itx]
+                    if scaled:
+                        for q in range(d.shape[0]):
+                            d[q] = row[q] * scale + shift
+                    else:
+                        for q in range(d.shape[0]):
+                            d[q] = row[q]
                 for q in range(q_hi, width):
                     dst[base + q] = fill
             continue
@@ -106,11 +123,12 @@ def gather_augmented(data, idx, out, uniform, field, has_field, height, width, t
         a01 = (n - h * c) / s
         a10 = -n / s
         a11 = c / s
+        m = -1.0 if mirror else 1.0
         for r in range(height):
             Y = (r - cy) - ty
             base = r * width
             for q in range(width):
-                X = (q - cx) - tx
+                X = m * (q - cx) - tx
                 sx = (a00 * X + a01 * Y) + cx
                 sy = (a10 * X + a11 * Y) + cy
                 if has_field:

@@ -24,7 +24,7 @@ ndimage = pytest.importorskip("scipy.ndimage")
 SHAPES = [(28, 28, 9), (7, 12, 5), (28, 28, 100)]
 SETTINGS = {
     "shift": dict(translate=3),
-    "affine": dict(translate=2, rotate=0.3, zoom=0.15, shear=0.25),
+    "affine": dict(translate=2, rotate=0.3, zoom=0.15, shear=0.25, flip=0.5),
     "rotate": dict(rotate=math.pi),          # large angles too: half the image falls outside
 }
 
@@ -47,10 +47,10 @@ def uniforms(b, seed=1):
     return np.random.default_rng(seed).random((b, UNIFORMS_PER_IMAGE), dtype=np.float32)
 
 
-def sampling_map(u, h, w, translate=0, rotate=0.0, zoom=0.0, shear=0.0):
+def sampling_map(u, h, w, translate=0, rotate=0.0, zoom=0.0, shear=0.0, flip=0.0):
     """Independent of the op's formulas: build the forward transform (shear, rotate, scale about
-    the centre, then translate), invert it with numpy, and return scipy's (matrix, offset) in
-    (row, column) order for every image."""
+    the centre), invert it with numpy, put the mirror and translation before it, and return
+    scipy's (matrix, offset) in (row, column) order for every image."""
     u = u.astype(np.float64)
     span = 2 * translate + 1
     out = []
@@ -61,11 +61,12 @@ def sampling_map(u, h, w, translate=0, rotate=0.0, zoom=0.0, shear=0.0):
         rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
         forward = s * rot @ np.array([[1.0, hh], [0.0, 1.0]])        # (x, y) coordinates
         inverse = np.linalg.inv(forward)
+        mirror = np.diag([-1.0 if ui[5] < flip else 1.0, 1.0])
         c = np.array([(w - 1) / 2, (h - 1) / 2])
-        # source (x, y) = inverse @ (dest - c - t) + c; scipy wants (row, col) = (y, x)
+        # source (x, y) = inverse @ (mirror @ (dest - c) - t) + c; scipy wants (row, col)
         swap = np.array([[0, 1], [1, 0]])
-        m = swap @ inverse @ swap
-        offset = swap @ (c - inverse @ (c + t))
+        m = swap @ inverse @ mirror @ swap
+        offset = swap @ (c - inverse @ (mirror @ c + t))
         out.append((m, offset))
     return out
 
@@ -122,9 +123,10 @@ def test_reference_elastic_field_is_scipys_gaussian_filter():
     assert 0.5 < float(np.sqrt((out ** 2).mean())) < 3
 
 
-def test_translation_is_an_exact_shifted_gather(backend_name, dtype):
-    """Whole-pixel shifts: exactly the plain gather's values, moved (exact: each output is one
-    input value through the same cast, multiply and add)."""
+@pytest.mark.parametrize("flip", [0.0, 0.5])
+def test_translation_is_an_exact_shifted_gather(backend_name, dtype, flip):
+    """Whole-pixel shifts and mirrors: exactly the plain gather's values, moved (exact: each
+    output is one input value through the same cast, multiply and add)."""
     be = get_backend(backend_name)
     h, w, b = 28, 28, 64
     data = images(30, h, w, seed=8)
@@ -132,20 +134,25 @@ def test_translation_is_an_exact_shifted_gather(backend_name, dtype):
     u = uniforms(b, seed=10)
     out = be.empty((b, h * w), np.dtype(dtype))
     be.gather_augmented(be.asarray(data), be.asarray(idx), out, be.asarray(u), None, h, w,
-                        translate=3, scale=1 / 255, shift=0.01)
+                        translate=3, flip=flip, scale=1 / 255, shift=0.01)
     plain = be.empty((30, h * w), np.dtype(dtype))
     be.gather_rows(be.asarray(data), be.asarray(np.arange(30)), plain, 1 / 255, 0.01)
     plain = be.to_host(plain).reshape(30, h, w)
     fill = np.dtype(dtype).type(0) * np.dtype(dtype).type(1 / 255) + np.dtype(dtype).type(0.01)
     got = be.to_host(out).reshape(b, h, w)
+    r, q = np.mgrid[:h, :w]
+    mirrored = 0
     for i in range(b):
         tx = math.floor(float(u[i, 0]) * 7) - 3
         ty = math.floor(float(u[i, 1]) * 7) - 3
-        want = np.full((h, w), fill, dtype)
-        src = plain[idx[i]]
-        want[max(ty, 0):h + min(ty, 0), max(tx, 0):w + min(tx, 0)] = \
-            src[max(-ty, 0):h - max(ty, 0), max(-tx, 0):w - max(tx, 0)]
+        mirror = float(u[i, 5]) < flip
+        mirrored += mirror
+        sr, sq = r - ty, (w - 1 - q - tx) if mirror else q - tx
+        inside = (sr >= 0) & (sr < h) & (sq >= 0) & (sq < w)
+        want = np.where(inside, plain[idx[i]][np.clip(sr, 0, h - 1), np.clip(sq, 0, w - 1)],
+                        fill)
         assert np.array_equal(got[i], want), i
+    assert (mirrored > 0) == (flip > 0)
 
 
 def test_one_pixel_shifts_are_nielsens_copies():
@@ -281,8 +288,10 @@ def test_translations_are_uniform_over_the_range():
 
 # ------------------------------------------------------------------------------ spec strings
 def test_spec_strings_round_trip():
-    aug = Augment.parse("shift=2, rotate=10,scale=0.1,shear=0.2,elastic=34:4,shape=28x28")
-    assert aug == Augment(2, 10.0, 0.1, 0.2, 34.0, 4.0, (28, 28))
+    aug = Augment.parse("shift=2, rotate=10,scale=0.1,shear=0.2,elastic=34:4,flip=0.5,"
+                        "shape=28x28")
+    assert aug == Augment(shift=2, rotate=10.0, scale=0.1, shear=0.2, elastic_alpha=34.0,
+                          elastic_sigma=4.0, flip=0.5, shape=(28, 28))
     assert Augment.parse(aug.spec()) == aug
     assert make_augment("none") is None and make_augment(None) is None
     assert make_augment("shift=0") is None                       # nothing would change
@@ -295,6 +304,7 @@ def test_spec_strings_round_trip():
     ("scale=1", "below 1"), ("elastic=34", "ALPHA:SIGMA"), ("elastic=34:0", "sigma"),
     ("wobble=3", "unknown setting"), ("shift", "name=value"), ("shape=28", "HxW"),
     ("shift=1,shift=2", "twice"), ("rotate=nan", "finite"), ("shape=0x28", "positive"),
+    ("flip=1.5", "probability"),
 ])
 def test_bad_specs_are_config_errors(spec, match):
     with pytest.raises(ConfigError, match=match):

@@ -443,21 +443,24 @@ class Backend:
     # never copied. The contract (for every kernel) is in the docstrings, formula by formula.
     def gather_augmented(self, data, idx, out, uniform, field, height: int, width: int,
                          translate: int = 0, rotate: float = 0.0, zoom: float = 0.0,
-                         shear: float = 0.0, scale: float = 1.0, shift: float = 0.0):
+                         shear: float = 0.0, flip: float = 0.0, scale: float = 1.0,
+                         shift: float = 0.0):
         """``out[b] = warp(data[idx[b]]) * scale + shift``: the batch gather of :meth:`gather_rows`
         with a random affine transform (and optionally an elastic displacement) per image.
 
         Each row of ``data`` is an image of ``height`` x ``width`` pixels (row-major). Image ``b``
-        takes its transform from ``u = float64(uniform[b, :5])`` (float64 from here on):
+        takes its transform from ``u = float64(uniform[b, :6])`` (float64 from here on):
 
         - translation ``tx = floor(u[0] (2T+1)) - T``, ``ty = floor(u[1] (2T+1)) - T`` (integers in
           [-T, T], ``T = translate``), rotation ``theta = (2 u[2] - 1) rotate`` (radians),
-          zoom ``s = 1 + (2 u[3] - 1) zoom``, shear ``h = (2 u[4] - 1) shear``;
-        - the sampling map (the inverse of "shear x by h y, rotate by theta, scale by s about the
-          centre, then translate"): with ``c, n = cos theta, sin theta``,
+          zoom ``s = 1 + (2 u[3] - 1) zoom``, shear ``h = (2 u[4] - 1) shear``, mirror
+          ``m = -1 if u[5] < flip else 1``;
+        - the sampling map (the inverse of "mirror left-right if m = -1, shear x by h y, rotate
+          by theta, scale by s about the centre, then translate"): with ``c, n = cos theta,
+          sin theta``,
           ``a00 = (c + h n) / s``, ``a01 = (n - h c) / s``, ``a10 = -n / s``, ``a11 = c / s``;
         - output pixel (row r, column q), centre ``cx = (width-1)/2``, ``cy = (height-1)/2``,
-          ``X = q - cx - tx``, ``Y = r - cy - ty``:
+          ``X = m (q - cx) - tx``, ``Y = (r - cy) - ty``:
           ``sx = (a00 X + a01 Y) + cx [+ field[b, 0, r, q]]``,
           ``sy = (a10 X + a11 Y) + cy [+ field[b, 1, r, q]]``;
         - bilinear sampling with zero fill: ``x0, y0 = floor(sx), floor(sy)``, ``fx = sx - x0``,
@@ -466,8 +469,9 @@ class Backend:
         - ``out[b, r*width + q] = T(v) * T(scale) + T(shift)`` for uint8 data (``T`` = out's dtype:
           the same rounding as :meth:`gather_rows`), ``T(v)`` for float data.
 
-        A translation alone (``rotate = zoom = shear = 0``, no field) makes ``a`` the identity and
-        ``fx = fy = 0``: the output is then exactly the gathered image shifted by whole pixels.
+        A translation and mirror alone (``rotate = zoom = shear = 0``, no field) make ``a`` the
+        identity and ``fx = fy = 0``: the output is then exactly the gathered image, mirrored
+        and shifted by whole pixels (the same values as :meth:`gather_rows`, bit for bit).
         The same uniforms give the same images on every backend (within rounding of ``v``).
 
         Parameters
@@ -477,8 +481,8 @@ class Backend:
         out : array, shape (B, height*width), float32 or float64
             Written in place and returned.
         uniform : array, shape (B, 8), float32
-            Uniform [0, 1) numbers (columns 5-7 are not used: reserved, one Philox block per
-            image).
+            Uniform [0, 1) numbers (columns 6 and 7 are not used: reserved, one Philox block
+            per image).
         field : array, shape (B, 2, height, width), out's dtype, or None
             Elastic displacements in pixels (x first, then y), from :meth:`elastic_field`.
         height, width : int
@@ -488,25 +492,28 @@ class Backend:
             Largest rotation in radians.
         zoom, shear : float
             Largest relative change of scale (in [0, 1)), largest shear factor.
+        flip : float
+            Probability of a left-right mirror (for images that have no handedness).
         scale, shift : float
             Applied to integer data, as in :meth:`gather_rows`.
         """
         xp = self.xp
         B, n = out.shape
         f64 = xp.float64
-        u = uniform[:, :5].astype(f64)
+        u = uniform[:, :6].astype(f64)
         span = 2 * int(translate) + 1
         tx = xp.floor(u[:, 0] * span) - translate
         ty = xp.floor(u[:, 1] * span) - translate
         theta = (2 * u[:, 2] - 1) * rotate
         s = 1 + (2 * u[:, 3] - 1) * zoom
         h = (2 * u[:, 4] - 1) * shear
+        m = xp.where(u[:, 5] < flip, -1.0, 1.0)
         c, sn = xp.cos(theta), xp.sin(theta)
         a00, a01, a10, a11 = ((c + h * sn) / s, (sn - h * c) / s, -sn / s, c / s)
         cx, cy = (width - 1) / 2, (height - 1) / 2
         q = xp.arange(width, dtype=f64)[None, None, :]
         r = xp.arange(height, dtype=f64)[None, :, None]
-        X = q - cx - tx[:, None, None]                          # (B, 1, W)
+        X = m[:, None, None] * (q - cx) - tx[:, None, None]     # (B, 1, W)
         Y = r - cy - ty[:, None, None]                          # (B, H, 1)
         col = lambda v: v[:, None, None]                        # noqa: E731
         sx = (col(a00) * X + col(a01) * Y) + cx                 # (B, H, W)

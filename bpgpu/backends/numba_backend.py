@@ -339,7 +339,8 @@ class NumbaBackend(NumpyBackend):
     # fields stay numpy's (two GEMMs with banded Gaussian matrices: BLAS speed).
     def gather_augmented(self, data, idx, out, uniform, field, height: int, width: int,
                          translate: int = 0, rotate: float = 0.0, zoom: float = 0.0,
-                         shear: float = 0.0, scale: float = 1.0, shift: float = 0.0):
+                         shear: float = 0.0, flip: float = 0.0, scale: float = 1.0,
+                         shift: float = 0.0):
         scaled = data.dtype == np.uint8
         height, width, translate = int(height), int(width), int(translate)
         if not (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
@@ -352,7 +353,7 @@ class NumbaBackend(NumpyBackend):
                 and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
                 and uniform.flags.c_contiguous):
             return super().gather_augmented(data, idx, out, uniform, field, height, width,
-                                            translate, rotate, zoom, shear, scale, shift)
+                                            translate, rotate, zoom, shear, flip, scale, shift)
         from bpgpu.kernels import augment
         serial, parallel = augment.KERNELS["gather_augmented"]
         kernel = parallel if out.size >= PARALLEL_MIN and self._parallel_ok else serial
@@ -361,7 +362,8 @@ class NumbaBackend(NumpyBackend):
         if not has_field:
             field = self._scratch("no_field", (1, 2, 1, 1), out.dtype)
         bad = kernel(data, idx, out, uniform, field, has_field, height, width, translate,
-                     float(rotate), float(zoom), float(shear), t(scale), t(shift), scaled)
+                     float(rotate), float(zoom), float(shear), float(flip), t(scale), t(shift),
+                     scaled)
         if bad >= 0:
             raise IndexError(f"row index {int(idx[bad])} is out of bounds for {data.shape[0]} "
                              f"rows")
