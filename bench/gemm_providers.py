@@ -167,26 +167,21 @@ class _Worker:
         self._cpu = jax.devices("cpu")[0]
         empty = jax.jit(lambda a, b: a[0, 0] + b[0, 0])
         x = jax.device_put(np.ones((2, 2), np.float32), self._cpu)
-        self.dispatch_us = self._per_call(lambda: empty(x, x))
+        self.dispatch_us, self.dispatch_cpu_us = self._per_call(lambda: empty(x, x))
         from bpgpu.sysinfo import xla_cpu_threads
         t = xla_cpu_threads()
         self.detail = (f"jax {jax.__version__}, XLA intra-op threads {t['intra_op_threads']}; "
                        f"an empty jitted call costs {self.dispatch_us:.1f} µs (subtracted below)")
 
     def _per_call(self, call):
-        """Median µs of one call (with block_until_ready) over 5 samples of ~20 ms."""
+        """Median wall and process-CPU µs of one call (with block_until_ready)."""
         jax = self._jax
-        jax.block_until_ready(call())
-        t0 = time.perf_counter()
-        jax.block_until_ready(call())
-        reps = max(3, int(0.02 / max(time.perf_counter() - t0, 1e-7)))
-        samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
+
+        def run(reps):
             for _ in range(reps):
                 jax.block_until_ready(call())
-            samples.append((time.perf_counter() - t0) / reps)
-        return float(np.median(samples)) * 1e6
+
+        return _timed(run)
 
     def time_gemm(self, m, n, k, trans_a, trans_b, threads):
         """``{"us": median µs per call, "err": max relative error vs float64}``; for XLA also
@@ -199,24 +194,34 @@ class _Worker:
             f = jax.jit(lambda x, y: lax.dot_general(x, y, dims))
             ad, bd = jax.device_put((a, b), self._cpu)
             got = np.asarray(f(ad, bd))
-            us_call = self._per_call(lambda: f(ad, bd))
+            us_call, cpu_call = self._per_call(lambda: f(ad, bd))
             err = float(np.abs(got - want).max() / np.abs(want).max())
-            return {"us": max(us_call - self.dispatch_us, 0.1), "us_call": us_call, "err": err}
-        else:
-            with self._limits(threads):
-                self._loop(a, b, c, trans_a, trans_b, 1)
-                got = c.copy()
-                t0 = time.perf_counter()
-                self._loop(a, b, c, trans_a, trans_b, 3)
-                reps = max(3, int(0.02 / max((time.perf_counter() - t0) / 3, 1e-7)))
-                samples = []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    self._loop(a, b, c, trans_a, trans_b, reps)
-                    samples.append((time.perf_counter() - t0) / reps)
-            us = float(np.median(samples)) * 1e6
+            return {"us": max(us_call - self.dispatch_us, 0.1), "us_call": us_call,
+                    "cpu_us": max(cpu_call - self.dispatch_cpu_us, 0.1), "err": err}
+        with self._limits(threads):
+            self._loop(a, b, c, trans_a, trans_b, 1)
+            got = c.copy()
+            us, cpu_us = _timed(lambda reps: self._loop(a, b, c, trans_a, trans_b, reps))
         err = float(np.abs(got - want).max() / np.abs(want).max())
-        return {"us": us, "err": err}
+        return {"us": us, "cpu_us": cpu_us, "err": err}
+
+
+def _timed(run):
+    """``(wall µs, process-CPU µs)`` per call of ``run(reps)``: medians of 5 samples of ~20 ms.
+
+    Process CPU time counts every thread of the worker, spinning included, and not the time the
+    process waits for a core: on a busy machine it is the steadier figure for one thread."""
+    run(1)
+    t0 = time.perf_counter()
+    run(3)
+    reps = max(3, int(0.02 / max((time.perf_counter() - t0) / 3, 1e-7)))
+    wall, cpu = [], []
+    for _ in range(5):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run(reps)
+        wall.append((time.perf_counter() - t0) / reps)
+        cpu.append((time.process_time() - c0) / reps)
+    return float(np.median(wall)) * 1e6, float(np.median(cpu)) * 1e6
 
 
 def worker_main(name):
@@ -250,8 +255,9 @@ def measure(rounds=3, pause=0.15, providers=None, progress=None):
     """Every provider × thread count × GEMM of :data:`WORKLOADS`, interleaved job by job.
 
     Returns ``{"providers": {name: detail}, "results": [row, ...]}``; a row has the workload,
-    the GEMM, the provider, the thread count, ``us`` (median over rounds), ``us_all``, ``err``
-    and for XLA ``us_call`` (median whole-call time, dispatch included).
+    the GEMM, the provider, the thread count, ``us`` (median over rounds), ``us_all``,
+    ``cpu_us`` (process CPU time per call, median over rounds), ``err`` and for XLA ``us_call``
+    (median whole-call time, dispatch included).
     """
     names = providers or list(PROVIDERS)
     workers, details = {}, {}
@@ -265,6 +271,7 @@ def measure(rounds=3, pause=0.15, providers=None, progress=None):
     jobs = [(sizes, batch, g, name, t) for sizes, batch in WORKLOADS
             for g in step_gemms(sizes, batch) for name in workers for t in PROVIDERS[name][1]]
     times = {i: [] for i in range(len(jobs))}
+    cpus = {i: [] for i in range(len(jobs))}
     calls = {i: [] for i in range(len(jobs))}
     errs = {}
     for r in range(rounds):
@@ -274,6 +281,7 @@ def measure(rounds=3, pause=0.15, providers=None, progress=None):
             proc.stdin.flush()
             res = json.loads(proc.stdout.readline())
             times[i].append(res["us"])
+            cpus[i].append(res["cpu_us"])
             if "us_call" in res:
                 calls[i].append(res["us_call"])
             errs[i] = max(errs.get(i, 0.0), res["err"])
@@ -289,19 +297,25 @@ def measure(rounds=3, pause=0.15, providers=None, progress=None):
         results.append({"sizes": "-".join(map(str, sizes)), "batch": batch, "gemm": role,
                         "m": m, "n": n, "k": k, "trans_a": ta, "trans_b": tb,
                         "provider": name, "threads": t, "us": float(np.median(times[i])),
-                        "us_all": times[i], "err": errs[i],
+                        "us_all": times[i], "cpu_us": float(np.median(cpus[i])),
+                        "err": errs[i],
                         **({"us_call": float(np.median(calls[i]))} if calls[i] else {})})
     return {"providers": details, "results": results}
 
 
-def markdown(report) -> str:
+def markdown(report, metric="us", threads=None) -> str:
     """Per GEMM: µs per call of every provider (GFLOP/s in brackets), the fastest and its margin
-    over the best OpenBLAS, and BLIS against OpenBLAS on one thread; then the five GEMMs' sum."""
-    rows = report["results"]
+    over the best OpenBLAS, and BLIS against OpenBLAS on one thread; then the five GEMMs' sum.
+
+    ``metric``: "us" (wall time) or "cpu_us" (process CPU time); ``threads``: only the columns
+    that ran that many threads (default: all)."""
+    rows = [dict(r, us=r[metric]) for r in report["results"]
+            if threads is None or r["threads"] == threads]
     cols = list(dict.fromkeys((r["provider"], r["threads"]) for r in rows))
     label = {c: f"{c[0]} {c[1]}t" for c in cols}
-    out = ["Providers (XLA figures: the jitted call minus an empty jitted call):", ""]
-    out += [f"- `{k}`: {v}" for k, v in report["providers"].items()] + [""]
+    what = "wall time" if metric == "us" else "process CPU time"
+    out = [f"µs per call ({what}; GFLOP/s in brackets; XLA: the jitted call minus an empty "
+           "jitted call):", ""]
     head = ("| sizes | batch | GEMM | m×n×k | " + " | ".join(label[c] for c in cols)
             + " | fastest | best OpenBLAS ÷ fastest | OpenBLAS 1t ÷ BLIS 1t |")
     out += [head, "|" + "---|" * (7 + len(cols))]
@@ -332,16 +346,13 @@ def markdown(report) -> str:
                    + " | ".join(cells) + f" | {best['provider']} {best['threads']}t"
                    + f" | {_ratio(ob, best)} | {_ratio(ob1, bl1)}"
                    + (f" ({bl1['provider']})" if bl1 else "") + " |")
-    out += ["", "Sum of the five GEMMs of a step, µs:", "",
+    out += ["", f"Sum of the five GEMMs of a step, µs ({what}):", "",
             "| sizes | batch | " + " | ".join(label[c] for c in cols) + " |",
             "|" + "---|" * (2 + len(cols))]
     for sizes, batch in dict.fromkeys((k[0], k[1]) for k in keys):
         out.append(f"| {sizes} | {batch} | " + " | ".join(
             f"{sums[(sizes, batch, c)]:.0f}" if (sizes, batch, c) in sums else "—" for c in cols)
             + " |")
-    worst = max(r["err"] for r in rows)
-    out += ["", f"Largest error of any provider against a float64 product: {worst:.1e} "
-                "(relative to the largest entry)."]
     return "\n".join(out)
 
 
@@ -368,7 +379,13 @@ def main(argv=None):
                                                  flush=True))
     from bpgpu.sysinfo import machine_record
     report["machine"] = machine_record()
-    print(markdown(report))
+    print("Providers:\n\n" + "\n".join(f"- `{k}`: {v}" for k, v in report["providers"].items()))
+    print("\n" + markdown(report))
+    print("\nOne thread, by process CPU time (steadier than wall time on a busy machine):\n")
+    print(markdown(report, "cpu_us", threads=1))
+    worst = max(r["err"] for r in report["results"])
+    print(f"\nLargest error of any provider against a float64 product: {worst:.1e} "
+          "(relative to the largest entry).")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

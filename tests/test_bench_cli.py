@@ -206,11 +206,15 @@ def test_gemm_provider_table_names_the_fastest_and_the_blis_ratio():
     gp = _gemm_providers()
     base = {"sizes": "784-100-10", "batch": 64, "gemm": "forward 1", "m": 64, "n": 100,
             "k": 784, "trans_a": False, "trans_b": False, "err": 1e-7}
-    rows = [dict(base, provider="openblas-auto", threads=1, us=20.0),
-            dict(base, provider="openblas-auto", threads=2, us=16.0),
-            dict(base, provider="blis-native", threads=1, us=25.0)]
-    text = gp.markdown({"providers": {"openblas-auto": "x", "blis-native": "y"},
-                        "results": rows})
+    rows = [dict(base, provider="openblas-auto", threads=1, us=20.0, cpu_us=19.0),
+            dict(base, provider="openblas-auto", threads=2, us=16.0, cpu_us=30.0),
+            dict(base, provider="blis-native", threads=1, us=25.0, cpu_us=15.2)]
+    report = {"providers": {"openblas-auto": "x", "blis-native": "y"}, "results": rows}
+    text = gp.markdown(report)
     line = next(l for l in text.splitlines() if l.startswith("| 784-100-10 | 64 | forward 1"))
     assert line.endswith("| openblas-auto 2t | 1.00× | 0.80× (blis-native) |")
     assert "| 784-100-10 | 64 | 20 | 16 | 25 |" in text
+    cpu = gp.markdown(report, "cpu_us", threads=1)           # by CPU time, one thread only
+    line = next(l for l in cpu.splitlines() if l.startswith("| 784-100-10 | 64 | forward 1"))
+    assert "openblas-auto 2t" not in cpu
+    assert line.endswith("| blis-native 1t | 1.25× | 1.25× (blis-native) |")
