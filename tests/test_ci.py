@@ -44,6 +44,7 @@ def test_kernel_sets_follow_the_cpu_flags(tmp_path, cpu, haswell, skylakex):
         assert "openblas_kernels.py SkylakeX" in out
         for f in ("test_backend_ops.py", "test_model_math.py", "test_parity.py", "test_training.py"):
             assert f in out
+        assert out.count("OPENBLAS_CORETYPE=SkylakeX") == 2   # the kernel check and the tests
     else:
         assert "skipped: the numerics tests on SkylakeX kernels" in out
     if not haswell:
