@@ -4,6 +4,7 @@ The SkylakeX (AVX-512) run must happen exactly on CPUs whose flags list ``avx512
 kernels elsewhere is an illegal instruction), and the Haswell pin exactly on CPUs with AVX2.
 """
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,8 +25,8 @@ CPUS = {
 
 def plan(cpuinfo: Path) -> str:
     res = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--plan"], capture_output=True,
-                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
-                                                     "BPGPU_CI_CPUINFO": str(cpuinfo)})
+                         text=True, timeout=60,
+                         env=dict(os.environ, BPGPU_CI_CPUINFO=str(cpuinfo)))
     assert res.returncode == 0, res.stderr
     assert "plan only, nothing was run" in res.stdout
     return res.stdout
