@@ -1,0 +1,130 @@
+"""Whole training runs on the emulated GPU backend against the numpy backend: parity of weights
+and biases, the launches of one step (bench/NOTES.md quotes them), prediction, TF32."""
+
+import numpy as np
+import pytest
+
+import bpgpu
+from bpgpu.backends.cupy_backend import _set_tf32, _tf32_enabled
+
+from .conftest import emulated, needs_gxx
+
+pytestmark = [pytest.mark.emulated, needs_gxx]
+
+
+@pytest.fixture(scope="module")
+def mnist_slice():
+    (X, y), _ = bpgpu.datasets.mnist()
+    return X[:640], y[:640]
+
+
+def _params(net):
+    w, b = net.get_params()
+    return np.concatenate([x.ravel() for x in w]), np.concatenate([x.ravel() for x in b])
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("fit", [
+    dict(optimizer="sgd", lr=0.1),                                          # fused into cuBLAS
+    dict(optimizer="sgd", lr=0.1, weight_decay=1e-3),
+    dict(optimizer="momentum", lr=0.1, weight_decay=1e-4, dropout=0.1),
+    dict(optimizer="nesterov", lr=0.05, momentum=0.9),
+    dict(optimizer="adam", lr=0.003, dropout=0.2),
+], ids=["sgd", "sgd-wd", "momentum-wd-dropout", "nesterov", "adam-dropout"])
+def test_training_matches_numpy(mnist_slice, dtype, tol, fit):
+    """20 steps of 784-32-10 (sigmoid, softmax, ce): weights and biases within the tolerance."""
+    X, y = mnist_slice
+    be = emulated()
+    nets = [bpgpu.MLP([784, 32, 10], dtype=dtype, backend=b, seed=3) for b in (be, "numpy")]
+    hist = [n.fit(X, y, epochs=2, batch_size=64, **fit) for n in nets]
+    (wg, bg), (wr, br) = _params(nets[0]), _params(nets[1])
+    assert _rel(wg, wr) < tol and _rel(bg, br) < tol
+    np.testing.assert_allclose(hist[0].loss, hist[1].loss, rtol=tol * 10)
+    assert hist[0].accuracy == hist[1].accuracy
+    assert be._launches["output_delta"] == 20       # the kernels ran, not the fallbacks
+    assert be.fuses_sgd(dtype)
+
+
+@pytest.mark.parametrize("output,loss,act", [("sigmoid", "bce", "tanh"),
+                                              ("identity", "mse", "relu"),
+                                              ("softmax", "mse", "sigmoid")])
+def test_other_losses_match_numpy(dtype, output, loss, act):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(150, 6))
+    Y = rng.uniform(0.05, 0.95, (150, 3)) if loss != "mse" or output != "softmax" else \
+        np.eye(3)[rng.integers(0, 3, 150)]
+    be = emulated(sm_count=2)
+    nets = [bpgpu.MLP([6, 9, 7, 3], activation=act, output=output, loss=loss, dtype=dtype,
+                      backend=b, seed=5) for b in (be, "numpy")]
+    for n in nets:
+        n.fit(X, Y, epochs=3, batch_size=32, optimizer="momentum", lr=0.05, dropout=0.1)
+    tol = 1e-11 if dtype == "float64" else 3e-5
+    for got, want in zip(_params(nets[0]), _params(nets[1])):
+        assert _rel(got, want) < tol
+
+
+def test_launches_per_step_784_100_10(mnist_slice):
+    """The launch count of one step of the textbook network (bench/NOTES.md): batch 64, sigmoid,
+    softmax + ce, plain SGD fused into the gradient GEMMs, training metrics on."""
+    X, y = mnist_slice
+    be = emulated()
+    net = bpgpu.MLP([784, 100, 10], backend=be, seed=0)
+    net.fit(X[:64], y[:64], epochs=1, batch_size=64, lr=0.1)          # workspaces, compile
+    be._launches.clear()
+    net.fit(X, y, epochs=1, batch_size=64, lr=0.1)                     # 10 steps
+    per_step = {k: v / 10 for k, v in be._launches.items()}
+    assert per_step == {"gather_scale": 1, "gather": 1, "cublas_gemm": 7, "bias_activation": 1,
+                        "bias_softmax": 1, "count_correct": 1, "output_delta": 1,
+                        "activation_backward": 1}
+    assert sum(per_step.values()) == 14
+    be._launches.clear()
+    net.fit(X, y, epochs=1, batch_size=64, optimizer="momentum", lr=0.1, train_metrics=False)
+    per_step = {k: v / 10 for k, v in be._launches.items()}
+    assert per_step == {"gather_scale": 1, "gather": 1, "cublas_gemm": 7, "bias_activation": 1,
+                        "bias_softmax": 1, "output_delta": 1, "activation_backward": 1,
+                        "momentum_update": 1}
+
+
+def test_predict_and_evaluate_match_numpy(mnist_slice, tmp_path):
+    X, y = mnist_slice
+    ref = bpgpu.MLP([784, 20, 10], backend="numpy", seed=2)
+    ref.fit(X, y, epochs=1, batch_size=32, lr=0.1)
+    ref.save(tmp_path / "m.npz")
+    net = bpgpu.load(tmp_path / "m.npz", backend=emulated())
+    np.testing.assert_allclose(net.predict_proba(X), ref.predict_proba(X), rtol=2e-5, atol=1e-7)
+    assert (net.predict(X) == ref.predict(X)).mean() > 0.99
+    got, want = net.evaluate(X, y), ref.evaluate(X, y)
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=2 / len(y))
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_tf32_is_one_process_wide_setting(mnist_slice, monkeypatch):
+    """TF32 is CuPy's compute type (one per process): reported by describe, used by every float32
+    GEMM (not by column sums), refused below compute capability 8.0, CUPY_TF32 honoured."""
+    X, y = mnist_slice
+    be = emulated()
+    cp = be.xp
+    assert not _tf32_enabled(cp) and "TF32 off" in be.describe()
+    assert _set_tf32(cp, True) is True and "TF32 on" in be.describe()
+    nets = [bpgpu.MLP([784, 32, 10], backend=b, seed=3) for b in (be, "numpy")]
+    for n in nets:
+        n.fit(X, y, epochs=1, batch_size=64, optimizer="momentum", lr=0.1)
+    calls = list(cp.cuda.cublas.calls)     # (compute type, m, n, k) as cuBLAS got them: the
+    sums = [c[0] for c in calls if c[2] == 1]     # column sums are the calls with one column
+    assert {c[0] for c in calls if c[2] > 1} == {cp.cuda.cublas.CUBLAS_COMPUTE_32F_FAST_TF32}
+    assert sums and set(sums) == {cp.cuda.cublas.CUBLAS_COMPUTE_32F}
+    rel = _rel(_params(nets[0])[0], _params(nets[1])[0])
+    assert 1e-6 < rel < 1e-3          # TF32 rounding shows, and stays within TF32's tolerance
+    assert _set_tf32(cp, False) is False and "TF32 off" in be.describe()
+
+    old = emulated(compute_capability=75)
+    with pytest.raises(bpgpu.ConfigError, match="compute capability 8.0"):
+        _set_tf32(old.xp, True)
+    assert not _tf32_enabled(old.xp)
+
+    monkeypatch.setenv("CUPY_TF32", "1")
+    assert _tf32_enabled(emulated().xp)
