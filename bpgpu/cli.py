@@ -200,6 +200,24 @@ def _save_after_interrupt(args, net, stop):
     return 128 + stop.signum
 
 
+def _apply_tf32(args, backends):
+    """``--tf32``: float32 GEMMs on the GPU may use TF32 tensor cores. One process-wide CuPy
+    setting (:func:`bpgpu.backends.cupy_backend.set_tf32`): it holds for every cupy model of the
+    run, and describe(), ``bpgpu info`` and bench records report it."""
+    if not getattr(args, "tf32", False):
+        return
+    if getattr(args, "dtype", "float32") != "float32":
+        raise UsageError(f"--tf32 applies to float32 GEMMs, not --dtype {args.dtype}")
+    if not set(backends) & {"auto", "cupy"}:
+        raise UsageError("--tf32 applies to the cupy backend (float32 GEMMs on an NVIDIA GPU)")
+    from .backends.cupy_backend import set_tf32
+    from .errors import BackendUnavailable
+    try:
+        set_tf32(True)       # ConfigError below compute capability 8.0
+    except BackendUnavailable as exc:
+        raise UsageError(f"--tf32 needs the cupy backend: {exc}") from None
+
+
 def cmd_train(args):
     from .backends import auto_reason
     from .datasets import load_dataset
@@ -208,6 +226,7 @@ def cmd_train(args):
         _apply_recipe(args)
     if args.resume:
         _apply_resume(args)
+    _apply_tf32(args, [args.backend])
     from .augment import make_augment
     from .schedules import make_schedule
     make_augment(args.augment)                          # bad specs: one line before any work
@@ -297,6 +316,7 @@ def cmd_demo(args):
 def cmd_evaluate(args):
     from .datasets import load_dataset
     from .io import load
+    _apply_tf32(args, [args.backend])
     net = load(args.model, backend=args.backend)
     data = load_dataset(args.dataset, target=args.target)
     if data.n_inputs != net.sizes[0] or data.n_outputs != net.sizes[-1]:
@@ -379,6 +399,7 @@ def cmd_bench(args):
         if b not in usable:
             from .backends import get_backend
             get_backend(b)  # raises BackendUnavailable with the reason
+    _apply_tf32(args, backends)
     batches = _csv_ints(args.batch_sizes or "10,64,256,1024,8192")
     sizes = _sizes_list(args.sizes or "784-100-10,784-1024-10,784-512-512-10")
     from .backends import REGISTRY
@@ -545,6 +566,9 @@ def build_parser():
     p.add_argument("--json", metavar="PATH", help="write history, test metrics, backend, time")
     p.add_argument("--plot", metavar="PATH.png", help="plot loss and accuracy per epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 GEMMs on the GPU may use TF32 tensor cores (faster, ~1e-3 "
+                        "relative error; compute capability 8.0 or newer)")
     p.set_defaults(func=cmd_train)
     parser.train_parser = p
 
@@ -553,6 +577,9 @@ def build_parser():
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--target", default=None)
     _add_backend_arg(p, choices)
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 GEMMs on the GPU may use TF32 tensor cores (faster, ~1e-3 "
+                        "relative error; compute capability 8.0 or newer)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the textbook networks: moons, xor, regression, digits, "
@@ -590,6 +617,9 @@ def build_parser():
     p.add_argument("--update-readme", metavar="README.md",
                    help="replace the README's benchmark section with this run's table and chart")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 GEMMs on the GPU may use TF32 tensor cores (faster, ~1e-3 "
+                        "relative error; compute capability 8.0 or newer)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("gradcheck", help="back-propagation vs finite differences, per layer")

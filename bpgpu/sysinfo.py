@@ -203,9 +203,11 @@ def library_versions(include_gpu: bool = True) -> dict:
 
 
 def gpu_info() -> list[dict]:
-    """One dict per CUDA device (name, memory, driver, runtime), via CuPy or nvidia-smi."""
+    """One dict per CUDA device (name, memory, driver, runtime), via CuPy or nvidia-smi; with CuPy
+    also ``tf32``: whether float32 GEMMs may use TF32 now (CuPy's process-wide compute type)."""
     cupy, _ = _compat.cupy_status()
     if cupy is not None:
+        from .backends.cupy_backend import tf32_state
         rt = cupy.cuda.runtime
         devices = []
         for i in range(rt.getDeviceCount()):
@@ -215,7 +217,7 @@ def gpu_info() -> list[dict]:
                             "memory_gib": round(p["totalGlobalMem"] / 2**30, 1),
                             "compute_capability": f"{p['major']}.{p['minor']}",
                             "driver": rt.driverGetVersion(), "cuda_runtime": rt.runtimeGetVersion(),
-                            "cupy": cupy.__version__})
+                            "cupy": cupy.__version__, "tf32": tf32_state()})
         return devices
     smi = shutil.which("nvidia-smi")
     if smi is None:

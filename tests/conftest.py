@@ -42,6 +42,22 @@ def mnist_data():
     return bpgpu.datasets.mnist()
 
 
+#: ``BPGPU_REQUIRE_GPU=1`` (bench/gpu.sh sets it): a GPU test that would be skipped fails instead,
+#: so a GPU machine whose CuPy is broken cannot pass by skipping everything.
+REQUIRE_GPU = os.environ.get("BPGPU_REQUIRE_GPU", "") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (REQUIRE_GPU and report.skipped and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("gpu") is not None):
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"BPGPU_REQUIRE_GPU=1, but this GPU test was skipped: {why}"
+
+
 def rel_norm(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
