@@ -25,6 +25,7 @@ import time
 WORKLOADS = [  # (sizes, global batch, overlap)
     ([784, 100, 10], 64, False),
     ([784, 100, 10], 256, False),
+    ([784, 100, 10], 256, True),
     ([784, 100, 10], 1024, False),
     ([784, 1024, 1024, 10], 256, False),
     ([784, 1024, 1024, 10], 256, True),
@@ -113,6 +114,121 @@ def driver(args):
             json.dump({"table": table, "runs": runs, "load": load}, f, indent=1)
 
 
+# ---------------------------------------------------------------------------------------- the model
+#: FLOPs per sample of one training step (forward GEMMs 2*sum(W), gradient GEMMs 2*sum(W), delta
+#: GEMMs 2*sum(W of layers 2..L)) and gradient bytes (float32, plus the stop flag)
+def step_flops_per_sample(sizes):
+    w = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
+    return 4 * sum(w) + 2 * sum(w[1:])
+
+
+def gradient_bytes(sizes):
+    return 4 * (sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) + sum(sizes[1:]) + 1)
+
+
+#: Links: (name, bandwidth in bytes/s per direction, latency per ring step in s, most ranks it
+#: joins): line rates and
+#: typical MPI/NCCL small-message latencies, not measurements. CPU ranks talk over networks (or a
+#: big node's shared memory); GPU ranks also over NVLink inside a node (NVLink 4 as NCCL's bus
+#: bandwidth on an H100 NVSwitch node, at most 8 GPUs there).
+ETHERNET_10 = ("10 Gb/s Ethernet (TCP)", 1.25e9, 25e-6, 1024)
+ETHERNET_100 = ("100 Gb/s Ethernet (RoCE)", 12.5e9, 3e-6, 1024)
+INFINIBAND = ("InfiniBand HDR 200 Gb/s", 25e9, 1.5e-6, 1024)
+NVLINK = ("NVLink 4 (NCCL, one node)", 350e9, 3e-6, 8)
+
+#: Ranks: name -> (links, {network: (sustained step FLOP/s, fixed per-step cost in s)}). The CPU
+#: figures are the measured numba single-process rates of the 2-core Xeon
+#: (bench/results/cpu-full.md: ~100 GFLOP/s on 784-100-10 from batch 256 and ~110 us a step at
+#: batch 10; ~145 GFLOP/s on the wide networks); the GPU figures are assumptions (no multi-GPU
+#: machine was available): an H100 at 25 TFLOP/s float32 on these GEMM shapes and 100 us of
+#: kernel launches and Python a step.
+RANKS = {
+    "2-core CPU node": ((ETHERNET_10, ETHERNET_100, INFINIBAND),
+                        {"784-100-10": (100e9, 110e-6), "784-1024-1024-10": (145e9, 150e-6)}),
+    "H100 GPU": ((ETHERNET_100, INFINIBAND, NVLINK),
+                 {"784-100-10": (25e12, 100e-6), "784-1024-1024-10": (25e12, 100e-6)}),
+}
+
+
+def allreduce_time(P, nbytes, bandwidth, latency):
+    """Ring allreduce: 2(P-1) steps, each moving nbytes/P each way."""
+    if P == 1:
+        return 0.0
+    return 2 * (P - 1) * latency + 2 * (P - 1) / P * nbytes / bandwidth
+
+
+def step_time(P, batch, sizes, rate, fixed, bandwidth, latency, overlap=False):
+    """One global step of ``batch`` rows on P ranks: the largest share's compute plus the
+    reduction (with ideal overlap: the reduction hides behind the 2/3 of the compute that
+    back-propagation is)."""
+    compute = -(-batch // P) * step_flops_per_sample(sizes) / rate
+    comm = allreduce_time(P, gradient_bytes(sizes), bandwidth, latency)
+    if overlap:
+        return fixed + compute / 3 + max(2 * compute / 3, comm)
+    return fixed + compute + comm
+
+
+def model_tables():
+    out = []
+    for rank_name, (links, per_net) in RANKS.items():
+        for net_name, (rate, fixed) in per_net.items():
+            sizes = [int(v) for v in net_name.split("-")]
+            out.append(f"\n{rank_name} ranks, {net_name} ({gradient_bytes(sizes) / 1e6:.2f} MB of "
+                       f"gradient, {step_flops_per_sample(sizes) / 1e6:.2f} MFLOP a sample, "
+                       f"{rate / 1e9:g} GFLOP/s and {fixed * 1e6:g} µs a step per rank):\n")
+            out.append("| link | global batch | step µs, P=1 | Allreduce µs, P=2 / 8 / 64 | "
+                       "speed-up P=2 / 8 / 64 | best P (≤ 1024; NVLink ≤ 8) and its speed-up |")
+            out.append("|---|---|---|---|---|---|")
+            for link, bw, lat, most in links:
+                for batch in (64, 256, 1024, 8192):
+                    t1 = step_time(1, batch, sizes, rate, fixed, bw, lat)
+                    ps = [P for P in (2, 8, 64) if P <= most]
+                    ar = [allreduce_time(P, gradient_bytes(sizes), bw, lat) for P in ps]
+                    sp = [t1 / step_time(P, batch, sizes, rate, fixed, bw, lat) for P in ps]
+                    cands = [P for P in range(1, most + 1) if P <= batch]
+                    best = max(cands, key=lambda P: t1 / step_time(P, batch, sizes, rate, fixed,
+                                                                   bw, lat))
+                    sb = t1 / step_time(best, batch, sizes, rate, fixed, bw, lat)
+                    out.append(f"| {link} | {batch} | {t1 * 1e6:.0f} | "
+                               + " / ".join(f"{a * 1e6:.0f}" for a in ar) + " | "
+                               + " / ".join(f"{x:.2f}" for x in sp) + f" | {best}: {sb:.1f}× |")
+    return "\n".join(out)
+
+
+def model_summary():
+    """One row per rank kind, network and link: the smallest global batch (a power of 2) at which
+    P ranks run at 75 % efficiency (speed-up 0.75 P) for P = 2 and 8, and the P that maximises
+    samples/s at global batches 1024 and 8192 (at most 8 GPUs on NVLink)."""
+    def speedup(P, batch, sizes, rate, fixed, bw, lat, overlap=False):
+        t1 = step_time(1, batch, sizes, rate, fixed, bw, lat)
+        return t1 / step_time(P, batch, sizes, rate, fixed, bw, lat, overlap)
+
+    def smallest(P, *a, overlap=False):
+        for batch in (2 ** k for k in range(3, 21)):
+            if batch >= P and speedup(P, batch, *a, overlap=overlap) >= 0.75 * P:
+                return f"{batch}"
+        return "> 1M"
+
+    def best(batch, most, *a):
+        P = max(range(1, min(batch, most) + 1), key=lambda P: speedup(P, batch, *a))
+        return f"{P} ({speedup(P, batch, *a):.1f}×)"
+
+    out = ["| ranks | network | link | Allreduce, P=2 / P=8 | global batch for 75 % efficiency, "
+           "P=2 / P=8 (ideal overlap) | best P at batch 1024 | best P at batch 8192 |",
+           "|---|---|---|---|---|---|---|"]
+    for rank_name, (links, per_net) in RANKS.items():
+        for net_name, (rate, fixed) in per_net.items():
+            sizes = [int(v) for v in net_name.split("-")]
+            for link, bw, lat, most in links:
+                a = (sizes, rate, fixed, bw, lat)
+                ar = [allreduce_time(P, gradient_bytes(sizes), bw, lat) * 1e6 for P in (2, 8)]
+                out.append(f"| {rank_name} | {net_name} | {link} | {ar[0]:.0f} / {ar[1]:.0f} µs | "
+                           f"{smallest(2, *a)} / {smallest(8, *a)} ({smallest(2, *a, overlap=True)}"
+                           f" / {smallest(8, *a, overlap=True)}) | {best(1024, most, *a)} | "
+                           f"{best(8192, most, *a)} |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
@@ -122,8 +238,13 @@ def main():
     p.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up")
     p.add_argument("--samples", type=int, default=60000)
     p.add_argument("--json")
+    p.add_argument("--model", action="store_true",
+                   help="print the ring-allreduce model's tables (no MPI needed)")
     args = p.parse_args()
-    if args.rank_job:
+    if args.model:
+        print(model_summary())
+        print(model_tables())
+    elif args.rank_job:
         rank_job(args)
     else:
         driver(args)

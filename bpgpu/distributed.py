@@ -552,8 +552,17 @@ class _NcclReducer:
                 "install it: pip install nvidia-nccl-cu12 (or -cu13), or run on the CPU")
         self.par, self.model, self.cupy, self.nccl = par, model, cupy, nccl
         device = cupy.cuda.Device().id
+        problem = None
+        if model.params.device.id != device:
+            problem = (f"rank {par.rank}: the model lives on GPU {model.params.device.id} but "
+                       f"the rank uses GPU {device}: call bpgpu.distributed.use_local_gpu before "
+                       "building the model")
         bus = cupy.cuda.runtime.deviceGetPCIBusId(device)
-        places = par.allgather((socket.gethostname(), bus), "the GPU check")
+        gathered = par.allgather((socket.gethostname(), bus, problem), "the GPU check")
+        problems = [p for _, _, p in gathered if p]
+        if problems:
+            raise DistributedError("; ".join(problems), report=par.lead)
+        places = [(host, bus) for host, bus, _ in gathered]
         seen = {}
         for rank, place in enumerate(places):
             if place in seen:
@@ -576,7 +585,6 @@ class _NcclReducer:
         self.flag_host = cupyx.empty_pinned((2,), model.dtype)
         self.copied = [cupy.cuda.Event(), cupy.cuda.Event()]
         self.count = 0
-        self.pending = False
         self.asked = False
         if par.overlap:
             self.side = cupy.cuda.Stream(non_blocking=True)

@@ -14,7 +14,8 @@ DataParallel's options; ``fault``: ``{"rank", "step", "kind"}`` with kind ``rais
 ``kill`` (SIGKILL to itself), ``hang`` (sleeps), ``signal`` (SIGTERM to itself): injected on that
 rank before that training step (counted from 1, across epochs); ``differ``: ``{"rank", "what"}``
 gives that rank other data (``data``), another hidden width (``hidden``), another learning rate
-(``lr``) or another backend (``backend``).
+(``lr``) or another backend (``backend``); ``reducer``: ``"fake-nccl"`` runs the NCCL reducer
+on host memory (tests/fake_nccl.py).
 """
 
 import json
@@ -84,6 +85,11 @@ def run_case(comm, case, X_all, y_all, out):
         inject(net, fault)
     par = DataParallel(comm, overlap=case.get("overlap", False), timeout=case.get("timeout"))
     record = {"rank": rank, "size": comm.Get_size()}
+    restore = None
+    if case.get("reducer") == "fake-nccl":
+        import fake_nccl
+        nccl, restore = fake_nccl.install(rank)
+        net.params = net.params.view(fake_nccl.DeviceArray)   # "on the device", same memory
     try:
         history = net.fit(X, y, comm=par, **fit)
         record.update(outcome="ok", history=history.to_dict())
@@ -93,6 +99,10 @@ def run_case(comm, case, X_all, y_all, out):
                       steps=net.steps)
     except (BpgpuError, OSError) as exc:
         record.update(outcome="error", error=type(exc).__name__, message=str(exc))
+    finally:
+        if restore is not None:
+            record["nccl_calls"] = list(nccl.calls)
+            restore()
     if rank == 0 and record["outcome"] != "error":
         np.save(os.path.join(out, case["name"] + ".npy"), flat(net))
     with open(os.path.join(out, f"{case['name']}.rank{rank}.json"), "w") as f:

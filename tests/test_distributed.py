@@ -157,6 +157,10 @@ EQUIVALENCE_CASES = [
     _case("sgd32", dtype="float32", optimizer="sgd", lr=0.1, weight_decay=1e-4),
     _case("momentum32", dtype="float32", optimizer="momentum", lr=0.05, dropout=0.2),
     _case("adam32", dtype="float32", optimizer="adam", lr=0.003, weight_decay=1e-4),
+    dict(_case("fake_nccl64", optimizer="adam", lr=0.003, dropout=0.2, weight_decay=1e-4,
+               sizes=(784, 24, 16, 10)), reducer="fake-nccl"),
+    dict(_case("fake_nccl_overlap_tiny64", n=203, batch_size=3, optimizer="momentum", lr=0.05,
+               sizes=(784, 24, 16, 10)), reducer="fake-nccl", overlap=True),
     _case("numba_momentum64", backend="numba", optimizer="momentum", lr=0.05, dropout=0.2,
           weight_decay=1e-4),
     _case("numba_sgd32", backend="numba", dtype="float32", optimizer="sgd", lr=0.1,
@@ -190,6 +194,15 @@ def test_p_ranks_give_the_single_process_parameters(ranks, tmp_path, mnist_data)
             np.testing.assert_allclose(got["val_loss"], history.val_loss, rtol=1e-9)
         for other in records[1:]:                    # every rank has rank 0's history
             assert other["history"]["loss"] == got["loss"]
+        if case.get("reducer") == "fake-nccl":       # the NCCL reducer's calls, step by step
+            steps = -(-case["n"] // case["fit"]["batch_size"])
+            n_params = flat(net).size
+            calls = records[0]["nccl_calls"]
+            if case.get("overlap"):                  # W then b of each layer, last layer first
+                segments = [hi - lo for seg in reversed(_layer_segments(net)) for lo, hi in seg]
+                assert calls == segments * steps
+            else:
+                assert calls == [n_params + 1] * steps
 
 
 def test_a_signal_to_one_rank_stops_all_and_the_checkpoint_resumes_on_2_and_4(tmp_path,
@@ -203,16 +216,24 @@ def test_a_signal_to_one_rank_stops_all_and_the_checkpoint_resumes_on_2_and_4(tm
     base["fault"] = {"rank": 1, "step": 20 + 5, "kind": "signal"}    # 20 steps an epoch
     resumed2 = _case("resumed2", n=600, epochs=3, optimizer="adam", lr=0.003, dropout=0.2,
                      resume=ck, checkpoint=str(tmp_path / "ck2.npz"))
-    proc, results = run_cases(2, [base, resumed2], tmp_path)
+    # the same through the NCCL reducer (on host memory), which reads the flag one step late
+    nccl = dict(base, name="interrupted_nccl", reducer="fake-nccl",
+                fit=dict(base["fit"], checkpoint=str(tmp_path / "ck_nccl.npz")))
+    proc, results = run_cases(2, [base, resumed2, nccl], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, records = results["interrupted"]
-    for r in records:
-        assert r["outcome"] == "interrupted" and r["restored"], r
-        assert r["signum"] == signal.SIGTERM
-        assert r["history"]["epoch"] == [1]
-        assert r["steps"] == 20                      # back at the end of epoch 1 on every rank
-        assert r["checkpoint"] == ck
-    assert read_checkpoint(ck).epoch == 1
+    for name, path in (("interrupted", ck), ("interrupted_nccl", nccl["fit"]["checkpoint"])):
+        _, records = results[name]
+        for r in records:
+            assert r["outcome"] == "interrupted" and r["restored"], r
+            assert r["signum"] == signal.SIGTERM
+            assert r["history"]["epoch"] == [1]
+            assert r["steps"] == 20                  # back at the end of epoch 1 on every rank
+            assert r["checkpoint"] == path
+        assert read_checkpoint(path).epoch == 1
+    steps_run = len(results["interrupted_nccl"][1][0]["nccl_calls"])
+    # the signal comes inside step 25 (its flag already sent), step 26 carries it, and the NCCL
+    # reducer reads step 26's flag after step 27 (the host reducer stops after step 26)
+    assert steps_run == 27
     ref, history = reference(base, mnist_data, checkpoint=None)
     params2, records2 = results["resumed2"]
     assert records2[0]["history"]["epoch"] == [1, 2, 3]
