@@ -5,8 +5,8 @@
 #
 # Made for a machine with no network that already holds Python 3.12, numpy, cupy-cuda13x 14.2,
 # torch 2.11 (CUDA 13), numba, matplotlib and pytest; budgeted to finish in under 8 minutes on
-# one H100. Steps (each logged to OUTDIR/<step>.log, each with a time cap, later steps run even
-# if an earlier one failed):
+# one H100 (BUDGET below: the caps are estimates until a GPU run has timed the steps). Steps (each
+# logged to OUTDIR/<step>.log, each with a time cap, later steps run even if an earlier failed):
 #
 #   0. a usable GPU, checked first (bpgpu's cupy probe: driver, device, an NVRTC-compiled kernel,
 #      one cuBLAS GEMM); without one it stops at once: one line on stderr, exit status 2
@@ -54,12 +54,27 @@ START=$(date +%s)
 STATUS=0
 : >"$OUT/steps.txt"
 
+# The whole run must end within BUDGET seconds (7 min 45 s: under 8 minutes on one H100, with the
+# probe before it). Each step has its own cap, further cut to what is left of the budget minus
+# the report's RESERVE; a step with under 15 s left is skipped (and the run fails).
+BUDGET=${BPGPU_GPU_BUDGET:-465}
+RESERVE=25
+
 # run NAME CAP_SECONDS COMMAND...: logs to OUT/NAME.log, records the outcome in steps.txt
 run() {
     local name=$1 cap=$2
     shift 2
-    local t0 rc
+    local t0 rc left
     t0=$(date +%s)
+    if [ "$name" != report ]; then
+        left=$(( START + BUDGET - RESERVE - t0 ))
+        if [ $left -lt 15 ]; then
+            STATUS=1
+            echo "$name: SKIPPED (out of time: ${BUDGET} s budget)" | tee -a "$OUT/steps.txt"
+            return 1
+        fi
+        [ $left -lt "$cap" ] && cap=$left
+    fi
     echo "== $name (cap ${cap} s)"
     (cd "$ROOT" && timeout --kill-after=10 "$cap" "$@") >"$OUT/$name.log" 2>&1
     rc=$?
@@ -73,18 +88,18 @@ run() {
 }
 
 # --- 1. install (no network: no dependencies, no build isolation)
-run install 90 "$PY" -m pip install --no-deps --no-build-isolation -e .
+run install 60 "$PY" -m pip install --no-deps --no-build-isolation -e .
 
 # --- 2. the machine
-run machine 60 sh -c "\"$PY\" -m bpgpu info --json >\"$OUT/machine.json\" && \"$PY\" -m bpgpu info"
+run machine 30 sh -c "\"$PY\" -m bpgpu info --json >\"$OUT/machine.json\" && \"$PY\" -m bpgpu info"
 if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1; fi
 
 # --- 3. the GPU tests: every gpu-marked test of the suite; a skip fails
-run gpu-tests 200 env BPGPU_REQUIRE_GPU=1 "$PY" -m pytest -m gpu -q -p no:cacheprovider \
+run gpu-tests 180 env BPGPU_REQUIRE_GPU=1 "$PY" -m pytest -m gpu -q -p no:cacheprovider \
     --junitxml="$OUT/gpu-tests.xml" tests
 
 # --- 4. warm-up, launches and microseconds per step (CUDA-synchronised wall clock)
-run steps 60 "$PY" - "$OUT/steps.json" <<'EOF'
+run steps 45 "$PY" - "$OUT/steps.json" <<'EOF'
 import json
 import sys
 import time
@@ -119,14 +134,14 @@ with open(sys.argv[1], "w") as f:
 EOF
 
 # --- 5. the GPU matrix: cupy vs PyTorch eager on the GPU (epochs interleaved), ceiling, 98 %
-run bench-gpu-small 120 "$PY" -m bpgpu bench --backends cupy --vs torch --sizes 784-100-10 \
+run bench-gpu-small 90 "$PY" -m bpgpu bench --backends cupy --vs torch --sizes 784-100-10 \
     --batch-sizes 64,256,1024,8192 --epochs 3 --json "$OUT/bench-gpu-small.json"
-run bench-gpu-wide 120 "$PY" -m bpgpu bench --backends cupy --vs torch --sizes 784-1024-10 \
+run bench-gpu-wide 90 "$PY" -m bpgpu bench --backends cupy --vs torch --sizes 784-1024-10 \
     --batch-sizes 8192 --epochs 3 --time-to-accuracy --json "$OUT/bench-gpu-wide.json"
 
 # --- 6. numba beside PyTorch on the CPU, same matrix
 if "$PY" -c "import numba" >/dev/null 2>&1; then
-    run bench-cpu 150 "$PY" -m bpgpu bench --backends numba --vs torch \
+    run bench-cpu 90 "$PY" -m bpgpu bench --backends numba --vs torch \
         --sizes 784-100-10,784-1024-10 --batch-sizes 64,256,1024,8192 --epochs 2 \
         --json "$OUT/bench-cpu.json"
 else
@@ -134,7 +149,7 @@ else
 fi
 
 # --- 7. one JSON, one table, one chart, and a summary
-run report 60 "$PY" - "$OUT" <<'EOF'
+run report 25 "$PY" - "$OUT" <<'EOF'
 import json
 import os
 import sys
