@@ -489,11 +489,11 @@ def _choices():
     from .backends import backend_names
     from .demos import DEMOS
     from .init import INITS
-    from .mlp import _DTYPES
+    from .mlp import DTYPES
     from .optim import OPTIMIZERS
     from .recipes import RECIPES
     return dict(activation=HIDDEN_ACTIVATIONS, output=OUTPUT_ACTIVATIONS, loss=LOSSES, init=INITS,
-                optimizer=OPTIMIZERS, backend=("auto",) + backend_names(), dtype=tuple(_DTYPES),
+                optimizer=OPTIMIZERS, backend=("auto",) + backend_names(), dtype=tuple(DTYPES),
                 demo=tuple(DEMOS), recipe=tuple(RECIPES))
 
 
@@ -552,7 +552,7 @@ def build_parser():
     p.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="write a resumable checkpoint after every epoch (and on Ctrl-C)")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
                    help="write the checkpoint every N epochs (default 1)")
     p.add_argument("--resume", metavar="PATH",
                    help="continue the run a checkpoint holds (its options unless given again)")

@@ -22,7 +22,8 @@ from .init import init_params
 
 __all__ = ["MLP", "stream_key", "dropout_counter"]
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
+#: The float types a model can compute in, by name (the CLI's --dtype choices).
+DTYPES = {"float32": np.float32, "float64": np.float64}
 _EVAL_CHUNK = 8192  # rows per forward pass at inference: bounds workspace memory
 
 
@@ -129,9 +130,9 @@ class MLP:
             raise ConfigError(f"{len(acts)} hidden activations given for {n_hidden} hidden layers")
         self.activations = [check_activation(a) for a in acts] + [output]
         check_output_loss(output, loss)
-        if str(dtype) not in _DTYPES and np.dtype(dtype).name not in _DTYPES:
+        if str(dtype) not in DTYPES and np.dtype(dtype).name not in DTYPES:
             raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
-        self.dtype = np.dtype(_DTYPES.get(str(dtype), dtype))
+        self.dtype = np.dtype(DTYPES.get(str(dtype), dtype))
         self.sizes, self.output, self.loss_name, self.init = sizes, output, loss, init
         self.seed = seed
         self.input_scale, self.input_shift = float(input_scale), float(input_shift)

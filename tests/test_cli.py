@@ -188,7 +188,7 @@ def test_choices_come_from_the_module_tables():
     want = {"activation": activations.HIDDEN_ACTIVATIONS,
             "output": activations.OUTPUT_ACTIVATIONS, "loss": activations.LOSSES,
             "init": init.INITS, "optimizer": optim.OPTIMIZERS,
-            "backend": ("auto",) + backends.backend_names(), "dtype": tuple(mlp._DTYPES)}
+            "backend": ("auto",) + backends.backend_names(), "dtype": tuple(mlp.DTYPES)}
     train = {a.dest: a.choices for a in sub["train"]._actions}
     for dest, names in want.items():
         assert tuple(train[dest]) == tuple(names), dest
