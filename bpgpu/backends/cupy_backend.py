@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import time
+import weakref
 from importlib import resources
 
 import numpy as np
@@ -192,6 +193,7 @@ class CupyBackend(Backend):
         self._scalars = {dt: np.zeros(2, dt) for dt in _CTYPE}
         self._scalar_ptr = {dt: arr.ctypes.data for dt, arr in self._scalars.items()}
         self._gemm_checked: dict = {}
+        self._index_ranges: dict = {}     # id(index buffer) -> (weakref, min, max)
 
     def describe(self) -> str:
         tf32 = "on" if _tf32_enabled(self.xp) else "off"
@@ -413,10 +415,28 @@ class CupyBackend(Backend):
                      per_row=True)
         return acc
 
+    def _index_range(self, idx):
+        """``(min, max)`` of the whole index buffer ``idx`` is a view of, read from the device once
+        per buffer: an epoch's permutation is checked once, not at each of its per-step slices
+        (a read per step would synchronise every step)."""
+        root = idx.base if getattr(idx, "base", None) is not None else idx
+        entry = self._index_ranges.get(id(root))
+        if entry is None or entry[0]() is not root:
+            whole = root.reshape(-1)
+            if whole.dtype != idx.dtype:
+                whole = whole.view(idx.dtype)
+            lo, hi = (int(whole.min()), int(whole.max())) if whole.size else (0, -1)
+            if len(self._index_ranges) > 64:          # forget buffers that no longer exist
+                self._index_ranges = {k: v for k, v in self._index_ranges.items()
+                                      if v[0]() is not None}
+            entry = self._index_ranges[id(root)] = (weakref.ref(root), lo, hi)
+        return entry[1], entry[2]
+
     def gather_rows(self, data, idx, out, scale: float = 1.0, shift: float = 0.0):
-        """As the reference, in one kernel; a row index out of range gives a row of NaN there
-        (training then reports divergence) instead of an exception, which would need a
-        synchronisation per batch."""
+        """As the reference, in one kernel. A row index out of range raises IndexError, checked
+        once per index buffer (see :meth:`_index_range`); should a checked buffer be changed in
+        place afterwards, the kernel still never reads out of bounds: such a row comes out NaN,
+        which training reports as divergence."""
         scaled = data.dtype == np.uint8
         if not (out.dtype in _CTYPE and out.ndim == 2 and data.ndim == 2 and idx.ndim == 1
                 and idx.dtype == np.int64 and out.shape == (idx.shape[0], data.shape[1])
@@ -424,6 +444,13 @@ class CupyBackend(Backend):
                 and data._c_contiguous and idx._c_contiguous):
             return super().gather_rows(data, idx, out, scale, shift)
         rows, cols = out.shape
+        lo, hi = self._index_range(idx)
+        if lo < 0 or hi >= data.shape[0]:
+            host = self.to_host(idx)
+            bad = host[(host < 0) | (host >= data.shape[0])]
+            if bad.size:
+                raise IndexError(f"row index {int(bad[0])} is out of bounds for {data.shape[0]} "
+                                 "rows")
         if scaled:
             t = out.dtype.type
             self._launch("gather_scale", out.dtype, out.size,

@@ -165,12 +165,25 @@ def test_gather_rows(be, ref, dtype, rows, cols):
     assert delta(before, launched(be)) == {"gather_scale": 1, "gather": 1}
 
 
-def test_gather_rows_index_out_of_range_gives_nan_rows(be, dtype):
+def test_gather_rows_index_out_of_range(be, dtype):
+    """An index out of range raises IndexError (as every backend); the check reads each index
+    buffer once, so the slices of one permutation cost nothing more. If a checked buffer is then
+    changed in place, the kernel's own guard still never reads out of bounds: NaN rows."""
     data = np.arange(12, dtype=np.uint8).reshape(4, 3)
     out = be.empty((4, 3), np.dtype(dtype))
-    be.gather_rows(be.asarray(data), be.asarray(np.array([1, 4, -1, 3])), out, scale=1.0)
+    with pytest.raises(IndexError, match="row index 4 is out of bounds for 4 rows"):
+        be.gather_rows(be.asarray(data), be.asarray(np.array([1, 4, -1, 3])), out, scale=1.0)
+    order = be.asarray(np.array([3, 1, 0, 2, 2, 1, 0, 3]))
+    be._index_ranges.clear()
+    for start in (0, 4):
+        be.gather_rows(be.asarray(data), order[start:start + 4], out, scale=1.0)
+    assert len(be._index_ranges) == 1                       # one read for the whole buffer
+    np.testing.assert_array_equal(be.to_host(out), data[[2, 1, 0, 3]])
+    order[5] = 9                                            # stale: changed after the check
+    order[6] = -1
+    be.gather_rows(be.asarray(data), order[4:8], out, scale=1.0)
     got = be.to_host(out)
-    np.testing.assert_array_equal(got[[0, 3]], data[[1, 3]])
+    np.testing.assert_array_equal(got[[0, 3]], data[[2, 3]])
     assert np.isnan(got[[1, 2]]).all()
 
 
