@@ -6,11 +6,17 @@ once, with ``prange`` over rows (or over blocks of a flat buffer), and compiled 
 saves, and a parallel one for large arrays. ``cache=True`` keeps the machine code between runs.
 
 Precision and speed: constants are built in the array's dtype (``x.dtype.type(1)``) so float32
-stays float32 and loops vectorise. This llvmlite has no SVML, so exp and tanh inside a Numba loop
-are scalar libm calls, ~10x slower than numpy's SIMD ufuncs; the transcendental step of sigmoid,
-tanh and softmax is therefore numpy's own ufunc, between two fused Numba passes (the backend
-composes them) -- which also makes those values bit-identical to the numpy backend's. No
-``fastmath``: results must match numpy to the dtype's rounding (the parity tests check it).
+stays float32 and loops vectorise. This llvmlite has no SVML, so ``np.exp``/``np.tanh`` inside a
+Numba loop are scalar libm calls (~3x slower than numpy's SIMD ufuncs). :func:`vexp` and
+:func:`vtanh` are exp and tanh written here in plain arithmetic (Cody-Waite reduction, the
+polynomials and rational forms of Moshier's Cephes library, ``2**n`` from its exponent bits), so
+LLVM vectorises them inside the fused loops: sigmoid, tanh and softmax are each ONE pass, with no
+call out of Numba -- which is also what lets a whole epoch run inside compiled code
+(:mod:`bpgpu.backends.numba_epoch`). Measured against a long-double reference over their whole
+range (tests/test_vmath.py): exp <= 1 ulp in float32 (numpy's AVX2 float32 exp: 2.5), <= 2 ulp in
+float64, tanh <= 1.5 ulp; NaN, infinities, signed zeros, overflow and subnormal results as numpy;
+and faster than numpy's own loops on this AVX2 machine (bench/NOTES.md step 17). No ``fastmath``:
+results must match numpy to the dtype's rounding (the parity tests check it).
 
 Activation and loss codes are :data:`bpgpu.activations.ACT_CODES` / ``LOSS_CODES`` (the one table
 the CUDA kernels share); the kernels read them as module constants, which Numba freezes at compile.
@@ -23,15 +29,19 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .intrinsics import mulhilo64, prefetch_row
+from numba import types as nbtypes
+from numba.extending import overload
+
+from .intrinsics import float_from_bits, mulhilo64, prefetch_row
 
 from bpgpu.activations import ACT_CODES, LOSS_CODES
 
-__all__ = ["ACT_CODES", "LOSS_CODES", "KERNELS"]
+__all__ = ["ACT_CODES", "LOSS_CODES", "KERNELS", "vexp", "vtanh"]
 
 # the codes as plain globals: Numba compiles them in as constants (its on-disk cache keys on this
 # file, not on activations.py: clear __pycache__ if those codes ever change)
-SIGMOID, TANH, RELU, SOFTMAX = (ACT_CODES[n] for n in ("sigmoid", "tanh", "relu", "softmax"))
+IDENTITY, SIGMOID, TANH, RELU, SOFTMAX = (ACT_CODES[n] for n in ("identity", "sigmoid", "tanh",
+                                                          "relu", "softmax"))
 MSE, BCE, CE = (LOSS_CODES[n] for n in ("mse", "bce", "ce"))
 
 
@@ -48,6 +58,131 @@ def _variants(fn):
                                 fn.__defaults__, fn.__closure__)
     serial.__qualname__ = fn.__qualname__ + "_serial"
     return njit(**_OPTIONS)(serial), njit(parallel=True, **_OPTIONS)(fn)
+
+
+# ------------------------------------------------------------------------------ exp and tanh
+# Written so that LLVM vectorises them inside the kernels' loops: no calls, no data-dependent
+# branches (both sides are computed and one is selected), 2**n from the exponent bits. The four
+# implementations are plain Python functions compiled inside their caller by the overloads below.
+_F32, _F64, _I32, _I64 = np.float32, np.float64, np.int32, np.int64
+
+
+def _exp_f32(x):
+    """exp in float32: x = n ln2 + r (|r| <= ln2/2, ln2 in two parts so n ln2 is exact), a
+    degree-6 polynomial for exp(r), times 2**n applied as two factors so that neither overflows
+    before the product does (subnormal results round once)."""
+    v = x
+    if v < _F32(-150.0):                 # exp underflows to 0 below -103.97 ...
+        v = _F32(-150.0)
+    if v > _F32(100.0):                  # ... and overflows to inf above 88.72: n stays small
+        v = _F32(100.0)
+    if not v == v:                       # NaN: compute anything, return x below
+        v = _F32(0.0)
+    n = np.floor(v * _F32(1.44269504088896341) + _F32(0.5))
+    r = v - n * _F32(0.693359375)
+    r = r - n * _F32(-2.12194440e-4)
+    p = _F32(1.9875691500e-4)
+    p = p * r + _F32(1.3981999507e-3)
+    p = p * r + _F32(8.3334519073e-3)
+    p = p * r + _F32(4.1665795894e-2)
+    p = p * r + _F32(1.6666665459e-1)
+    p = p * r + _F32(5.0000001201e-1)
+    p = p * (r * r) + r + _F32(1.0)
+    k = _I32(n)
+    k1 = _I32(k >> 1)
+    k2 = _I32(k - k1)
+    y = p * float_from_bits(_I32((k1 + 127) << 23)) * float_from_bits(_I32((k2 + 127) << 23))
+    return y if x == x else x
+
+
+def _exp_f64(x):
+    """exp in float64: the same reduction, and exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))."""
+    v = x
+    if v < _F64(-760.0):
+        v = _F64(-760.0)
+    if v > _F64(720.0):
+        v = _F64(720.0)
+    if not v == v:
+        v = _F64(0.0)
+    n = np.floor(v * _F64(1.4426950408889634073599) + _F64(0.5))
+    r = v - n * _F64(6.93145751953125e-1)
+    r = r - n * _F64(1.42860682030941723212e-6)
+    rr = r * r
+    p = _F64(1.26177193074810590878e-4)
+    p = p * rr + _F64(3.02994407707441961300e-2)
+    p = p * rr + _F64(9.99999999999999999910e-1)
+    p = p * r
+    q = _F64(3.00198505138664455042e-6)
+    q = q * rr + _F64(2.52448340349684104192e-3)
+    q = q * rr + _F64(2.27265548208155028766e-1)
+    q = q * rr + _F64(2.00000000000000000009e0)
+    e = _F64(1.0) + _F64(2.0) * (p / (q - p))
+    k = _I64(n)
+    k1 = k >> 1
+    k2 = k - k1
+    y = e * float_from_bits((k1 + 1023) << 52) * float_from_bits((k2 + 1023) << 52)
+    return y if x == x else x
+
+
+def _tanh_f32(x):
+    """tanh in float32: x + x^3 P(x^2) for |x| <= 0.625, else sign(x) (1 - 2 / (exp(2|x|) + 1))."""
+    ax = abs(x)
+    big = _F32(1.0) - _F32(2.0) / (vexp(ax + ax) + _F32(1.0))
+    big = big if x >= _F32(0.0) else -big
+    z = x * x
+    p = _F32(-5.70498872745e-3)
+    p = p * z + _F32(2.06390887954e-2)
+    p = p * z - _F32(5.37397155531e-2)
+    p = p * z + _F32(1.33314422036e-1)
+    p = p * z - _F32(3.33332819422e-1)
+    small = p * z * x + x
+    small = small if x != _F32(0.0) else x          # keeps -0.0
+    return big if ax > _F32(0.625) else small
+
+
+def _tanh_f64(x):
+    """tanh in float64: x + x^3 P(x^2) / Q(x^2) for |x| < 0.625, else as in float32."""
+    ax = abs(x)
+    big = _F64(1.0) - _F64(2.0) / (vexp(ax + ax) + _F64(1.0))
+    big = big if x >= _F64(0.0) else -big
+    z = x * x
+    p = _F64(-9.64399179425052238628e-1)
+    p = p * z - _F64(9.92877231001918586564e1)
+    p = p * z - _F64(1.61468768441708447952e3)
+    q = z + _F64(1.12811678491632931402e2)
+    q = q * z + _F64(2.23548839060100448583e3)
+    q = q * z + _F64(4.84406305325125486048e3)
+    small = x + x * (z * (p / q))
+    small = small if x != _F64(0.0) else x
+    return big if ax >= _F64(0.625) else small
+
+
+def vexp(x):
+    """exp of a float32 or float64 scalar, vectorisable inside Numba loops (numpy's meaning)."""
+    return np.exp(x)
+
+
+def vtanh(x):
+    """tanh of a float32 or float64 scalar, vectorisable inside Numba loops (numpy's meaning)."""
+    return np.tanh(x)
+
+
+@overload(vexp, inline="always")
+def _vexp_impl(x):
+    if x == nbtypes.float32:
+        return _exp_f32
+    if x == nbtypes.float64:
+        return _exp_f64
+    return None
+
+
+@overload(vtanh, inline="always")
+def _vtanh_impl(x):
+    if x == nbtypes.float32:
+        return _tanh_f32
+    if x == nbtypes.float64:
+        return _tanh_f64
+    return None
 
 
 # ------------------------------------------------------------------------------ forward
@@ -71,29 +206,32 @@ def add_bias_relu(z, b):
             r[j] = zero if v < zero else v
 
 
-def sigmoid_pre(z, b, limit):
-    """z = min(-(z + b), limit): the argument of exp in 1 / (1 + exp(-(z + b)))."""
-    rows, cols = z.shape
-    for i in prange(rows):
-        r = z[i]
-        for j in range(cols):
-            v = -(r[j] + b[j])
-            r[j] = limit if v > limit else v
-
-
-def sigmoid_post(z):
-    """z = 1 / (1 + z) (z holds exp(-(z + b)))."""
+def bias_sigmoid(z, b, limit):
+    """z = 1 / (1 + exp(min(-(z + b), limit))), one pass (the clip avoids exp's overflow)."""
     rows, cols = z.shape
     one = z.dtype.type(1)
     for i in prange(rows):
         r = z[i]
         for j in range(cols):
-            r[j] = one / (one + r[j])
+            v = -(r[j] + b[j])
+            v = limit if v > limit else v
+            r[j] = one / (one + vexp(v))
 
 
-def softmax_pre(z, b, rowmax):
-    """z = z + b - max_j(z + b) per row (the log-sum-exp shift); rowmax is scratch (rows,)."""
+def bias_tanh(z, b):
+    """z = tanh(z + b), one pass."""
     rows, cols = z.shape
+    for i in prange(rows):
+        r = z[i]
+        for j in range(cols):
+            r[j] = vtanh(r[j] + b[j])
+
+
+def bias_softmax(z, b):
+    """z = softmax(z + b) per row: shifted by the row max (log-sum-exp), exponentiated, divided by
+    the row sum -- each row in one visit while it sits in L1."""
+    rows, cols = z.shape
+    one = z.dtype.type(1)
     for i in prange(rows):
         r = z[i]
         m = r[0] + b[0]
@@ -102,19 +240,10 @@ def softmax_pre(z, b, rowmax):
             r[j] = v
             if v > m:
                 m = v
-        for j in range(cols):
-            r[j] -= m
-        rowmax[i] = m
-
-
-def softmax_post(z):
-    """z /= z.sum(axis=1) per row (z holds the shifted exponentials)."""
-    rows, cols = z.shape
-    one = z.dtype.type(1)
-    for i in prange(rows):
-        r = z[i]
+        for j in range(cols):                    # vectorises (no reduction in it) ...
+            r[j] = vexp(r[j] - m)
         s = z.dtype.type(0)
-        for j in range(cols):
+        for j in range(cols):                    # ... the sum, in order, does not
             s += r[j]
         inv = one / s
         for j in range(cols):
@@ -428,8 +557,7 @@ def adam_update(p, g, m, v, lr_t, b1, c1, b2, c2, eps, inv_bias2, wd, n_decay):
 
 #: name -> (serial, parallel) dispatchers
 KERNELS = {fn.__name__: _variants(fn) for fn in (
-    add_bias, add_bias_relu, sigmoid_pre, sigmoid_post, softmax_pre, softmax_post,
-    activation_backward, output_delta, count_correct, gather, random_uniform, dropout_forward,
-    multiply_inplace)}
+    add_bias, add_bias_relu, bias_sigmoid, bias_tanh, bias_softmax, activation_backward,
+    output_delta, count_correct, gather, random_uniform, dropout_forward, multiply_inplace)}
 for _fn in (column_sums, sgd_update, momentum_update, adam_update):   # serial by design
     KERNELS[_fn.__name__] = (njit(**_OPTIONS)(_fn),) * 2

@@ -1,5 +1,5 @@
-"""LLVM-level helpers for the Numba kernels: calling a C function by address, prefetching, and a
-full 64 x 64 -> 128-bit multiply.
+"""LLVM-level helpers for the Numba kernels: calling a C function by address, prefetching, a
+full 64 x 64 -> 128-bit multiply, and reading an integer's bits as a float.
 
 Numba has no way to call a C function whose address is known only at run time without baking that
 address into the machine code (which stops the on-disk cache), and no prefetch. Both are a few
@@ -14,6 +14,9 @@ lines of LLVM IR:
 - :func:`mulhilo64` ``(a, b)`` returns the high and low 64-bit words of the 128-bit product of two
   uint64 -- one ``mul`` instruction on x86-64, where Numba itself has no 128-bit integers. The
   Philox generator (kernels/cpu.py) multiplies this way 20 times per 8 random floats.
+- :func:`float_from_bits` ``(bits)`` is the float whose IEEE-754 bits are the integer ``bits``
+  (int32 -> float32, int64 -> float64): the exponent field written directly makes ``2**n`` one
+  shift and one bitcast, which LLVM vectorises -- the scaling step of kernels/cpu.py's exp.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["call_address", "prefetch_row", "mulhilo64", "CACHE_LINE"]
+__all__ = ["call_address", "prefetch_row", "mulhilo64", "float_from_bits", "CACHE_LINE"]
 
 #: Bytes per cache line on the x86-64 and arm64 CPUs we run on.
 CACHE_LINE = 64
@@ -99,5 +102,21 @@ def mulhilo64(typingctx, a, b):
         hi = builder.trunc(builder.lshr(product, ir.Constant(i128, 64)), i64)
         lo = builder.trunc(product, i64)
         return context.make_tuple(builder, signature.return_type, (hi, lo))
+
+    return sig, codegen
+
+
+@intrinsic
+def float_from_bits(typingctx, bits):
+    """The float whose IEEE-754 bit pattern is ``bits``: int32 -> float32, int64 -> float64."""
+    if bits == types.int32:
+        sig, lltype = types.float32(bits), ir.FloatType()
+    elif bits == types.int64:
+        sig, lltype = types.float64(bits), ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        return builder.bitcast(llargs[0], lltype)
 
     return sig, codegen

@@ -200,24 +200,17 @@ class NumbaBackend(NumpyBackend):
 
     # ------------------------------------------------------------------ fused ops
     def bias_activation(self, z, bias, activation: str):
-        """Fused passes around numpy's SIMD exp/tanh (see kernels/cpu.py on why):
-        sigmoid = pre (bias, negate, clip) | np.exp | post (1/(1+e)); softmax = pre (bias, row
-        max shift) | np.exp | post (row normalise); tanh = bias | np.tanh; relu: one pass."""
+        """One fused pass per activation (kernels/cpu.py; exp and tanh vectorised in the loop)."""
         if not _ok_rows(z, bias):
             return super().bias_activation(z, bias, activation)
         k = self._kernel
         n = z.size
         if activation == "sigmoid":
-            k("sigmoid_pre", n)(z, bias, EXP_LIMIT[z.dtype])
-            np.exp(z, out=z)
-            k("sigmoid_post", n)(z)
+            k("bias_sigmoid", n)(z, bias, EXP_LIMIT[z.dtype])
         elif activation == "softmax":
-            k("softmax_pre", n)(z, bias, self._scratch("rowmax", (z.shape[0],), z.dtype))
-            np.exp(z, out=z)
-            k("softmax_post", n)(z)
+            k("bias_softmax", n)(z, bias)
         elif activation == "tanh":
-            k("add_bias", n)(z, bias)
-            np.tanh(z, out=z)
+            k("bias_tanh", n)(z, bias)
         elif activation == "relu":
             k("add_bias_relu", n)(z, bias)
         elif activation == "identity":
