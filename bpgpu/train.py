@@ -377,6 +377,10 @@ class _Run:
         self.batch = min(batch_size, self.n)
         self.ws = model.workspace(self.batch, dropout=dropout, augment=augment)
         self.metrics = be.zeros((2,), np.float64)    # [loss sum, correct count] of the epoch
+        # the whole epoch as one compiled call where the backend has one (numba), else None
+        self.compiled = be.compiled_epoch(model, self.ws, self.X_dev, self.T_dev, opt,
+                                          metrics=self.metrics if train_metrics else None,
+                                          count_correct=self.count_correct)
         self.best = be.empty((model.n_params,), model.dtype) if patience else None
         self.best_val, self.since_best = math.inf, 0
         self.history = History(backend=be.name)
@@ -450,8 +454,14 @@ class _Run:
 
     # ------------------------------------------------------------------ epochs
     def run_epoch(self, order, bar=None):
-        """Every step of one epoch, in the order of the device index array ``order``."""
+        """Every step of one epoch, in the order of the device index array ``order``: one
+        compiled call where the backend offers one (``BPGPU_COMPILED_EPOCH=0`` turns it off),
+        else -- and wherever it declines -- the steps one by one."""
         model, ws, batch = self.model, self.ws, self.batch
+        if self.compiled is not None and self.compiled(order):
+            if bar is not None:
+                bar.update(-(-self.n // batch))
+            return
         metrics = self.metrics if self.train_metrics else None
         interrupt = self.interrupt
         for start in range(0, self.n, batch):

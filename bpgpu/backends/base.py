@@ -185,6 +185,19 @@ class Backend:
         out += x
         return out
 
+    def compiled_epoch(self, model, ws, X_dev, T_dev, optimizer, **step_options):
+        """A runner of whole training epochs in one compiled call, or None: the default, and
+        wherever the backend has none for this configuration.
+
+        The runner, called with the epoch's order (device int64 array, shape (N,)), does what
+        ``model.train_step(ws.view(rows), X_dev, T_dev, order[start:start + rows], optimizer,
+        **step_options)`` does for every batch of the epoch (the last one holding the
+        remainder), with the same results, and returns True -- or returns False where it cannot
+        run that epoch, and the caller runs the steps itself. A backend derives it from the ops
+        ``train_step`` issues, never from a second copy of the model's math.
+        """
+        return None
+
     def fuses_sgd(self, dtype) -> bool:
         """Whether :meth:`gemm` and :meth:`column_sums` apply ``alpha``/``beta`` inside the one call
         for ``dtype`` arrays, so that plain SGD is cheaper fused into the gradient GEMMs than as a

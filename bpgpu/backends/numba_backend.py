@@ -98,37 +98,50 @@ class NumbaBackend(NumpyBackend):
 
     # ------------------------------------------------------------------ compilation
     def warmup(self, dtypes=("float32", "float64")) -> dict:
-        """Compile (or load from Numba's on-disk cache) every kernel the model uses.
+        """Compile (or load from Numba's on-disk cache) every kernel the model uses, and the
+        compiled epochs of the textbook network (sigmoid hidden, softmax, cross-entropy, plain
+        SGD, with and without training metrics).
 
         Returns
         -------
         dict
             ``seconds`` (wall time), ``kernels`` (how many dispatchers), ``cache_hits`` and
-            ``compiled`` (signatures loaded from the cache vs compiled now).
+            ``compiled`` (signatures loaded from the cache vs compiled now), ``epochs`` (compiled
+            epochs ready: compiled now or loaded).
         """
         import time
+
+        from . import numba_epoch
         t0 = time.perf_counter()
         model_mod = __import__("bpgpu.mlp", fromlist=["MLP"])
         rng = np.random.default_rng(0)
         X = rng.integers(0, 256, (8, 6), dtype=np.uint8)
         y = rng.integers(0, 3, 8)
-        for dtype in dtypes:
-            for act, out, loss in (("sigmoid", "softmax", "ce"), ("tanh", "sigmoid", "bce"),
-                                   ("relu", "identity", "mse")):
-                net = model_mod.MLP([6, 5, 3], activation=act, output=out, loss=loss,
-                                    dtype=dtype, backend=self, seed=0)
-                targets = y if loss == "ce" else rng.uniform(0.1, 0.9, (8, 3))
-                for opt in ("sgd", "momentum", "nesterov", "adam"):
-                    net.fit(X, targets, epochs=1, batch_size=4, optimizer=opt, lr=0.01,
-                            dropout=0.1)
-                net.evaluate(X, targets)
+        with numba_epoch.override("0"):            # every kernel, through the per-step path
+            for dtype in dtypes:
+                for act, out, loss in (("sigmoid", "softmax", "ce"), ("tanh", "sigmoid", "bce"),
+                                       ("relu", "identity", "mse")):
+                    net = model_mod.MLP([6, 5, 3], activation=act, output=out, loss=loss,
+                                        dtype=dtype, backend=self, seed=0)
+                    targets = y if loss == "ce" else rng.uniform(0.1, 0.9, (8, 3))
+                    for opt in ("sgd", "momentum", "nesterov", "adam"):
+                        net.fit(X, targets, epochs=1, batch_size=4, optimizer=opt, lr=0.01,
+                                dropout=0.1)
+                    net.evaluate(X, targets)
+        before = numba_epoch.STATS["compiled_epochs"]
+        with numba_epoch.override("1" if numba_epoch.enabled() else "0"):
+            for dtype in dtypes:
+                net = model_mod.MLP([6, 5, 3], dtype=dtype, backend=self, seed=0)
+                for metrics in (True, False):
+                    net.fit(X, y, epochs=1, batch_size=4, train_metrics=metrics)
         hits = compiled = 0
         dispatchers = [d for pair in self._k.values() for d in set(pair)]
         for dispatcher in dispatchers + [self._blas.gemm, self._blas.gemv]:
             hits += sum(dispatcher.stats.cache_hits.values())
             compiled += sum(dispatcher.stats.cache_misses.values())
         return {"seconds": time.perf_counter() - t0, "kernels": len(self._k),
-                "cache_hits": hits, "compiled": compiled}
+                "cache_hits": hits, "compiled": compiled,
+                "epochs": numba_epoch.STATS["compiled_epochs"] - before}
 
     # ------------------------------------------------------------------ threading
     def _kernel_threads_for(self, batch_size: int) -> int:
@@ -166,6 +179,15 @@ class NumbaBackend(NumpyBackend):
         return serial
 
     _parallel_ok = (os.cpu_count() or 1) > SERIAL_MAX_CORES
+
+    # ------------------------------------------------------------------ the compiled epoch
+    def compiled_epoch(self, model, ws, X_dev, T_dev, optimizer, **step_options):
+        """The epoch as one call into Numba-compiled code (bpgpu.backends.numba_epoch), derived
+        from the ops ``model.train_step`` issues; None when ``BPGPU_COMPILED_EPOCH=0``."""
+        from . import numba_epoch
+        if not numba_epoch.enabled():
+            return None
+        return numba_epoch.CompiledEpoch(self, model, ws, X_dev, T_dev, optimizer, step_options)
 
     # ------------------------------------------------------------------ BLAS with alpha and beta
     def fuses_sgd(self, dtype) -> bool:
