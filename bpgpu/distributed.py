@@ -53,15 +53,16 @@ Overlap
 With ``DataParallel(comm, overlap=True)`` each layer's gradient is reduced by a non-blocking
 ``Iallreduce`` started as soon as back-propagation has written it (the model's ``layer_hook``), last
 layer first, while the layers below are still being computed; all are waited for before the
-update.
+update. On CPUs it gains little (bench/NOTES.md): Open MPI advances a non-blocking collective only
+inside MPI calls, and the hook's one ``Testall`` per layer is all the progress it gets.
 
 GPUs
 ----
 With the cupy backend the gradients are summed by NCCL (``cupy.cuda.nccl``), one GPU per rank
 (:func:`use_local_gpu` picks local rank modulo the device count; call it before building the
 model), on the compute stream -- or, with ``overlap``, on a second stream that waits for each
-layer's gradient. The stop flag is read one step late through pinned memory, so the host never
-waits for the GPU inside an epoch.
+layer's gradient. The stop flag is read one step late through pinned memory: inside an epoch
+the host only waits for the step before the one it has just queued, never for the GPU to drain.
 """
 
 from __future__ import annotations
