@@ -225,6 +225,26 @@ def test_gradient_hook_falls_back(monkeypatch):
     assert np.array_equal(_flat(net), params) and net.steps == steps   # nothing ran
 
 
+def test_an_op_replaced_on_the_instance_falls_back(monkeypatch):
+    """A benchmark that wraps the backend's gemm to time it must see every call."""
+    monkeypatch.setenv(ne.ENV, "1")
+    be = bpgpu.get_backend("numba")
+    calls = []
+    original = be.gemm
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(be, "gemm", counted, raising=False)
+    X, y = _data(64)
+    net = bpgpu.MLP([12, 5, 3], backend="numba")
+    runner = _runner(net, X, y, make_optimizer("sgd", be, net.n_params, net.dtype, lr=0.1))
+    assert runner(np.arange(64)) is False and "gemm" in runner.reason
+    net.fit(X, y, epochs=1, batch_size=16)
+    assert len(calls) == 4 * 5         # 4 steps x (2 forward, 1 delta, 2 fused gradient GEMMs)
+
+
 def test_no_cblas_falls_back_and_trains_as_per_step(monkeypatch):
     be = bpgpu.get_backend("numba")
     monkeypatch.setattr(type(be), "_fused_blas", lambda self, dtype: None)

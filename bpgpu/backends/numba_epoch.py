@@ -30,8 +30,9 @@ The results are bit-identical to the steps run one by one (same kernels, same BL
 same order; tests/test_compiled_epoch.py). The per-step path stays the reference and the
 fallback: the runner returns False, and keeps the reason in :attr:`CompiledEpoch.reason`, where
 numpy's CBLAS was not found (kernels/blas.py), a ``gradient_hook`` is given (data-parallel
-training calls Python between backward and update), the step issues an op or an argument the
-generator does not know, or numpy's matmul would take its dot path.
+training calls Python between backward and update), an op is replaced on the backend instance
+(a benchmark timing its GEMMs), the step issues an op or an argument the generator does not know
+(the augmented gather), or numpy's matmul would take its dot path (one row times one column).
 
 When: ``BPGPU_COMPILED_EPOCH=0`` in the environment turns compiled epochs off, ``=1`` compiles
 every epoch; by default epochs of at least :data:`MIN_BATCHES` batches are compiled (a new
@@ -156,7 +157,7 @@ def _address(arr) -> int:
 
 
 class _Buffers:
-    """The buffers a step's arrays may lie in, each passed whole (flat) to the compiled epoch."""
+    """The buffers a step's arrays may lie in, each passed whole to the compiled epoch."""
 
     def __init__(self, named):
         self.names, self.arrays, seen = [], [], set()
@@ -608,6 +609,10 @@ class CompiledEpoch:
         buffers = _Buffers(named)
         if self.options.get("gradient_hook") is not None:
             raise Unsupported("a gradient_hook runs Python between backward and update")
+        wrapped = sorted(name for name in OPS if name in vars(self.backend))
+        if wrapped:      # e.g. timed or traced by a benchmark: compiled code would bypass it
+            raise Unsupported(f"backend op(s) {', '.join(wrapped)} are replaced on this backend "
+                              f"instance; the compiled epoch would not call them")
         watched = (model, opt)
         before = [_numbers(obj) for obj in watched]
         states, traces = [], []
