@@ -39,9 +39,10 @@ CPU_ISA = (("AVX-512", ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl
            ("AVX2", ("avx2", "fma"), "Haswell"),
            ("AVX", ("avx",), "Sandybridge"))
 _ISA_RANK = {"SSE": 0, "AVX": 1, "AVX2": 2, "AVX-512": 3}
-#: Spellings of OpenBLAS's ``openblas_get_corename`` (plain, ILP64 suffix, numpy 2's wheels).
+#: Spellings of OpenBLAS's ``openblas_get_corename``: plain, ILP64 suffix, and the scipy-openblas
+#: wheels' (numpy 2 ships the ILP64 one, scipy the LP64 one).
 _CORENAME_SYMBOLS = ("openblas_get_corename", "openblas_get_corename64_",
-                     "scipy_openblas_get_corename64_")
+                     "scipy_openblas_get_corename64_", "scipy_openblas_get_corename")
 
 
 def cpu_model() -> str:
