@@ -173,6 +173,8 @@ def test_p_ranks_give_the_single_process_parameters(ranks, tmp_path, mnist_data)
     """Every case after one epoch (two for the validation case): the parameters, the epoch's
     training loss and accuracy; the ranks other than 0 had other seeds (rank 0's state wins)."""
     cases = EQUIVALENCE_CASES
+    if ranks == 1:      # a singleton (no mpirun): the path runs, the shares are trivial
+        cases = [c for c in cases if c["name"] in ("dropout64", "adam32", "fake_nccl64")]
     if not any(info.name == "numba" and info.available
                for info in bpgpu.backends.available_backends()):
         cases = [c for c in cases if c["backend"] != "numba"]   # numba's own tests say why
