@@ -114,13 +114,21 @@ def enabled() -> bool:
 
 
 # ------------------------------------------------------------------------------ 1. record
-_SIGNATURES = {name: inspect.signature(getattr(Backend, name)) for name in OPS}
+def _parameters(name):
+    """``(names, defaults)`` of the op's parameters after ``self`` (Backend's signature)."""
+    params = list(inspect.signature(getattr(Backend, name)).parameters.values())[1:]
+    return ([p.name for p in params],
+            {p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+
+
+_PARAMETERS = {name: _parameters(name) for name in OPS}
 
 
 class _Recorder:
-    """Stands in for the backend while ``train_step`` runs: logs ``(op, arguments)``, computes
-    nothing. Backend facts the step asks for (``fuses_sgd``) come from the real backend; anything
-    else the step touches is not recordable."""
+    """Stands in for the backend while ``train_step`` runs: logs ``(op, arguments)`` -- all of
+    the op's parameters in Backend's order, defaults filled in -- and computes nothing. Backend
+    facts the step asks for (``fuses_sgd``) come from the real backend; anything else the step
+    touches is not recordable."""
 
     def __init__(self, backend):
         self._backend = backend
@@ -130,15 +138,17 @@ class _Recorder:
         return self._backend.fuses_sgd(dtype)
 
     def __getattr__(self, name):
-        signature = _SIGNATURES.get(name)
-        if signature is None:
+        if name not in _PARAMETERS:
             raise Unsupported(f"the step used backend.{name}, which the epoch compiler does not "
                               f"record")
+        names, defaults = _PARAMETERS[name]
 
         def record(*args, **kwargs):
-            bound = signature.bind(None, *args, **kwargs)
-            bound.apply_defaults()
-            self.ops.append((name, list(bound.arguments.values())[1:]))
+            values = list(args) + [kwargs.pop(p) if p in kwargs else defaults[p]
+                                   for p in names[len(args):]]
+            if kwargs or len(values) != len(names):
+                raise TypeError(f"{name}() got arguments {sorted(kwargs)} it does not take")
+            self.ops.append((name, values))
 
         return record
 
@@ -160,7 +170,7 @@ class _Buffers:
     """The buffers a step's arrays may lie in, each passed whole to the compiled epoch."""
 
     def __init__(self, named):
-        self.names, self.arrays, seen = [], [], set()
+        self.names, self.arrays, self._spans, seen = [], [], [], set()
         for name, arr in named:
             key = (_address(arr), arr.nbytes, arr.dtype)
             if not arr.flags.c_contiguous or key in seen:
@@ -168,24 +178,23 @@ class _Buffers:
             seen.add(key)
             self.names.append(name)
             self.arrays.append(arr)
+            self._spans.append(key)
 
     def locate(self, arr):
         """``(buffer index, offset in elements, shape)`` of a C-contiguous array in a buffer."""
         if not arr.flags.c_contiguous:
             raise Unsupported("the step passed a non-contiguous array to an op")
-        start = _address(arr)
+        start, end = _address(arr), _address(arr) + arr.nbytes
         best = None
-        for i, buf in enumerate(self.arrays):
-            base = _address(buf)
-            if (buf.dtype == arr.dtype and base <= start
-                    and start + arr.nbytes <= base + buf.nbytes
+        for i, (base, nbytes, dtype) in enumerate(self._spans):
+            if (dtype == arr.dtype and base <= start and end <= base + nbytes
                     and (start - base) % arr.itemsize == 0
-                    and (best is None or buf.nbytes > self.arrays[best].nbytes)):
+                    and (best is None or nbytes > self._spans[best][1])):
                 best = i
         if best is None:
             raise Unsupported("the step passed an array that is not in the model, its optimizer, "
                               "its workspace, the data or the metrics")
-        return best, (start - _address(self.arrays[best])) // arr.itemsize, arr.shape
+        return best, (start - self._spans[best][0]) // arr.itemsize, arr.shape
 
 
 def _describe(value, buffers):
@@ -663,12 +672,15 @@ class CompiledEpoch:
                for t in traces):
             raise Unsupported("the step issues different ops from batch to batch")
         src = _Source(buffers, (os.cpu_count() or 1) > SERIAL_MAX_CORES)
+        memo = {}             # id -> description (the recorded objects all stay alive meanwhile)
         for i, (op, _) in enumerate(first):
             lower = _LOWER.get(op)
             if lower is None:
                 raise Unsupported(f"the op {op} is not compiled into epochs")
             raw = [t[i][1] for t in traces]
-            described = [[_describe(v, buffers) for v in args] for args in raw]
+            described = [[memo[id(v)] if id(v) in memo
+                          else memo.setdefault(id(v), _describe(v, buffers)) for v in args]
+                         for args in raw]
             args, exprs = [], []
             for k in range(len(raw[0])):
                 column = [d[k] for d in described]
