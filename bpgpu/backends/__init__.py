@@ -18,7 +18,7 @@ from ..errors import BackendUnavailable
 from .base import OPS, Backend
 
 __all__ = ["Backend", "OPS", "REGISTRY", "BackendInfo", "available_backends", "get_backend",
-           "use_backend", "auto_reason", "backend_names"]
+           "use_backend", "auto_reason", "backend_names", "set_tf32", "tf32_state"]
 
 
 def _numpy_probe():
@@ -133,3 +133,17 @@ def use_backend(name: str | Backend):
         yield backend
     finally:
         _default.pop()
+
+
+def set_tf32(enabled: bool) -> bool:
+    """Allow (or forbid) TF32 tensor cores in every float32 GEMM of this process on the GPU: one
+    process-wide setting (CuPy's compute type), not a per-backend one. Returns the state in
+    force. See :func:`bpgpu.backends.cupy_backend.set_tf32`."""
+    from .cupy_backend import set_tf32 as _set
+    return _set(enabled)
+
+
+def tf32_state() -> bool | None:
+    """Whether float32 GEMMs on the GPU may use TF32 now; None without a working CuPy."""
+    from .cupy_backend import tf32_state as _state
+    return _state()
