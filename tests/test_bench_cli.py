@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+import bpgpu
 
 BENCH = ["bench", "--backends", "numpy", "--batch-sizes", "64", "--sizes", "784-16-10",
          "--epochs", "1", "--samples", "2000", "--quiet"]
@@ -229,3 +232,21 @@ def test_gemm_provider_table_names_the_fastest_and_the_blis_ratio():
     line = next(l for l in cpu.splitlines() if l.startswith("| 784-100-10 | 64 | forward 1"))
     assert "openblas-auto 2t" not in cpu
     assert line.endswith("| blis-native 1t | 1.25× | 1.25× (blis-native) |")
+
+
+def test_torch_peer_walks_the_models_batches(mnist_data):
+    """The PyTorch peer does the very work bpgpu does: same weights, same permutations (from the
+    model's generator), same updates -- so one float64 epoch ends at the same parameters."""
+    torch_ref = pytest.importorskip("bpgpu.bench.torch_ref")
+    if torch_ref.torch_status()[0] is None:
+        pytest.skip(torch_ref.torch_status()[1])
+    (X, y), _ = mnist_data
+    X, y = X[:650], y[:650]
+    net = bpgpu.MLP([784, 16, 10], activation="sigmoid", dtype="float64", backend="numpy", seed=3)
+    peer = torch_ref.TorchTrainer(net)
+    peer.fit(X, y, epochs=2, batch_size=64, lr=0.1)
+    net.fit(X, y, epochs=2, batch_size=64, lr=0.1)
+    W, b = net.get_params()
+    for (tw, tb), w, bias in zip(peer.layers, W, b):
+        np.testing.assert_allclose(tw.detach().numpy().T, w, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(tb.detach().numpy(), bias, rtol=1e-10, atol=1e-12)

@@ -1,13 +1,15 @@
 """PyTorch eager on the identical work, for side-by-side figures.
 
-Same initial weights (copied from the bpgpu model), same per-epoch permutation (from the same seeded
-numpy generator), the same uint8 dataset on the same device gathered and scaled per batch, the same
+Same initial weights (copied from the bpgpu model), same per-epoch permutations (from a copy of the
+model's own generator, taken when the peer is built, so it walks the batches the model will), the same
+uint8 dataset on the same device gathered and scaled per batch, the same
 activations and mean loss, plain SGD. Only available when torch is installed; :func:`torch_status`
 says why not otherwise.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -31,8 +33,11 @@ class TorchTrainer:
     Parameters
     ----------
     model : bpgpu.MLP
-        Supplies sizes, activations, loss, dtype, initial weights, input scaling and seed.
+        Supplies sizes, activations, loss, dtype, initial weights, input scaling and the
+        generator state that draws the permutations.
     device : {"cpu", "cuda"}
+        On "cuda", float32 matmuls use TF32 exactly when the cupy backend's process-wide setting
+        (:func:`bpgpu.backends.tf32_state`) allows it, so both sides do the same arithmetic.
     """
 
     def __init__(self, model, device="cpu"):
@@ -53,7 +58,10 @@ class TorchTrainer:
         self.activations = model.activations
         self.loss_name, self.output = model.loss_name, model.output
         self.scale, self.shift = model.input_scale, model.input_shift
-        self.rng = np.random.default_rng(model.seed)
+        self.rng = copy.deepcopy(model.rng)
+        if self.device.type == "cuda":
+            from ..backends import tf32_state
+            torch.backends.cuda.matmul.allow_tf32 = bool(tf32_state())
 
     def _forward(self, x):
         F = self.torch.nn.functional
@@ -79,7 +87,8 @@ class TorchTrainer:
 
     def fit(self, X, y, epochs=1, batch_size=64, lr=0.1, momentum=0.0, perms=None):
         """Train with SGD (PyTorch's momentum form, as bpgpu's); return per-epoch wall times
-        (synchronised). ``perms``: the epochs' permutations (default: from the model's seed)."""
+        (synchronised). ``perms``: the epochs' permutations (default: drawn from the copy of the
+        model's generator, as the model's own fit would draw them)."""
         torch = self.torch
         Xd = torch.from_numpy(np.ascontiguousarray(X)).to(self.device)
         yd = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
