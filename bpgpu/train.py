@@ -458,12 +458,15 @@ class _Run:
         compiled call where the backend offers one (``BPGPU_COMPILED_EPOCH=0`` turns it off),
         else -- and wherever it declines -- the steps one by one."""
         model, ws, batch = self.model, self.ws, self.batch
-        if self.compiled is not None and self.compiled(order):
-            if bar is not None:
-                bar.update(-(-self.n // batch))
-            return
-        metrics = self.metrics if self.train_metrics else None
         interrupt = self.interrupt
+        if self.compiled is not None:
+            ran = self.compiled(order, should_stop=lambda: interrupt.signum is not None,
+                                progress=None if bar is None else bar.update)
+            if ran is None:                           # abandoned part way: Ctrl-C or SIGTERM
+                raise _Stopped
+            if ran:
+                return
+        metrics = self.metrics if self.train_metrics else None
         for start in range(0, self.n, batch):
             if interrupt.signum is not None:
                 raise _Stopped

@@ -312,3 +312,76 @@ def test_a_new_process_loads_the_compiled_epoch_from_disk():
     first, second = ([int(v) for v in r.stdout.split()] for r in runs)
     assert first[0] + first[1] == 1 and first[2] == 1       # compiled, or loaded from an earlier run
     assert second == [0, 1, 1]
+
+
+def test_epoch_in_slices_bit_identical_and_progress(monkeypatch):
+    """Asked between slices whether to stop (how Ctrl-C reaches compiled code), an epoch cut into
+    one-batch calls gives exactly what one call gives, and reports every batch to ``progress``."""
+    monkeypatch.setattr(ne, "SLICE_SECONDS", 0.0)             # every later slice: one batch
+    X, y = _data()
+    fit = dict(batch_size=16, optimizer="adam", lr=0.01, dropout=0.2)
+    net1, h1 = _train(monkeypatch, True, [12, 8, 3], X, y, **fit)
+    net0, h0 = _train(monkeypatch, False, [12, 8, 3], X, y, **fit)
+    assert np.array_equal(_flat(net1), _flat(net0)) and net1.steps == net0.steps
+    _same_history(h1, h0)
+    monkeypatch.setenv(ne.ENV, "1")
+    net = bpgpu.MLP([12, 8, 3], dtype="float64", backend="numba", seed=5)
+    opt = make_optimizer("sgd", net.backend, net.n_params, net.dtype, lr=0.1)
+    runner, seen, asked = _runner(net, X, y, opt), [], []
+    assert runner(np.arange(203), should_stop=lambda: asked.append(1) and False,
+                  progress=seen.append) is True
+    assert seen == [4] + [1] * 9 and len(asked) == 9 and net.steps == 13
+
+
+def test_stop_part_way_abandons_the_epoch(monkeypatch):
+    """should_stop() True after the first slice: None, the first slice's steps done (exactly the
+    per-step path's first 4 steps), the step counter not advanced."""
+    monkeypatch.setenv(ne.ENV, "1")
+    X, y = _data()
+    net = bpgpu.MLP([12, 8, 3], dtype="float64", backend="numba", seed=5)
+    twin = bpgpu.MLP([12, 8, 3], dtype="float64", backend="numba", seed=5)
+    opt = make_optimizer("momentum", net.backend, net.n_params, net.dtype, lr=0.1)
+    twin_opt = make_optimizer("momentum", twin.backend, twin.n_params, twin.dtype, lr=0.1)
+    before = ne.STATS["abandoned_epochs"]
+    order = np.random.default_rng(2).permutation(203)
+    assert _runner(net, X, y, opt)(order, should_stop=lambda: True) is None
+    assert ne.STATS["abandoned_epochs"] == before + 1 and net.steps == 0
+    ws, X_dev = twin.workspace(16), twin.prepare_inputs(X)
+    T_dev = twin.backend.asarray(twin.targets_from(y, 203))
+    for start in range(0, 64, 16):
+        twin.train_step(ws.view(16), X_dev, T_dev, order[start:start + 16], twin_opt)
+    assert np.array_equal(_flat(net), _flat(twin))
+
+
+def test_ctrl_c_during_a_compiled_epoch_stops_within_a_slice(monkeypatch):
+    """SIGINT part way through a compiled epoch: fit stops at the next slice boundary (not at
+    the end of the epoch) and puts back the last completed epoch's parameters."""
+    import signal
+    monkeypatch.setenv(ne.ENV, "1")
+    monkeypatch.setattr(ne, "SLICE_SECONDS", 0.0)             # slices of one batch
+    X, y = _data(2000)
+    fit = dict(batch_size=16, optimizer="momentum", lr=0.1, dropout=0.1)
+    done = bpgpu.MLP([12, 8, 3], dtype="float64", backend="numba", seed=5)
+    done.fit(X, y, epochs=1, **fit)
+    original = ne.CompiledEpoch.__call__
+    calls = {"epochs": 0, "asked": 0}
+
+    def interrupted_in_epoch_2(self, order, should_stop=None, progress=None):
+        calls["epochs"] += 1
+        if calls["epochs"] < 2:
+            return original(self, order, should_stop, progress)
+
+        def ask():
+            calls["asked"] += 1
+            if calls["asked"] == 2:
+                signal.raise_signal(signal.SIGINT)         # Ctrl-C, seen by fit's guard
+            return should_stop()
+        return original(self, order, ask, progress)
+
+    monkeypatch.setattr(ne.CompiledEpoch, "__call__", interrupted_in_epoch_2)
+    net = bpgpu.MLP([12, 8, 3], dtype="float64", backend="numba", seed=5)
+    with pytest.raises(bpgpu.TrainingInterrupted) as info:
+        net.fit(X, y, epochs=3, **fit)
+    assert info.value.restored and info.value.history.epoch == [1]
+    assert calls["asked"] == 2                              # stopped at the slice boundary
+    assert np.array_equal(_flat(net), _flat(done)) and net.steps == done.steps

@@ -189,12 +189,16 @@ class Backend:
         """A runner of whole training epochs in one compiled call, or None: the default, and
         wherever the backend has none for this configuration.
 
-        The runner, called with the epoch's order (device int64 array, shape (N,)), does what
+        The runner, called as ``runner(order, should_stop=None, progress=None)`` with the
+        epoch's order (device int64 array, shape (N,)), does what
         ``model.train_step(ws.view(rows), X_dev, T_dev, order[start:start + rows], optimizer,
         **step_options)`` does for every batch of the epoch (the last one holding the
         remainder), with the same results, and returns True -- or returns False where it cannot
-        run that epoch, and the caller runs the steps itself. A backend derives it from the ops
-        ``train_step`` issues, never from a second copy of the model's math.
+        run that epoch, and the caller runs the steps itself. ``should_stop()`` is asked every so
+        often (a fraction of a second) during the epoch; when it says True the runner abandons
+        the epoch part way and returns None (the caller goes back to its last completed epoch).
+        ``progress(k)`` is told every ``k`` batches run. A backend derives the runner from the
+        ops ``train_step`` issues, never from a second copy of the model's math.
         """
         return None
 

@@ -58,16 +58,20 @@ from ..activations import ACT_CODES, LOSS_CODES
 from .base import EXP_LIMIT, LOG_CLIP, OPS, Backend
 from .numba_backend import PARALLEL_MIN, SERIAL_MAX_CORES, _ok, _ok_rows
 
-__all__ = ["CompiledEpoch", "ENV", "MIN_BATCHES", "mode", "override", "enabled", "STATS",
-           "Unsupported"]
+__all__ = ["CompiledEpoch", "ENV", "MIN_BATCHES", "SLICE_SECONDS", "mode", "override",
+           "enabled", "STATS", "Unsupported"]
 
 #: Environment variable: "0" turns compiled epochs off (every epoch runs step by step).
 ENV = "BPGPU_COMPILED_EPOCH"
 #: What the compiled epochs of this process did (for benchmarks and tests): epochs run compiled,
 #: epochs left to the per-step path, sources compiled now, sources loaded from Numba's disk cache,
 #: and the seconds those took.
-STATS = {"compiled_epochs": 0, "fallback_epochs": 0, "compiled": 0, "cache_loads": 0,
-         "compile_seconds": 0.0}
+STATS = {"compiled_epochs": 0, "fallback_epochs": 0, "abandoned_epochs": 0, "compiled": 0,
+         "cache_loads": 0, "compile_seconds": 0.0}
+#: Seconds of training per compiled call when the caller asks between calls whether to stop
+#: (Ctrl-C): the first slice runs this many batches, later ones are sized from its time.
+SLICE_SECONDS = 0.1
+_FIRST_SLICE = 4
 
 #: Recordings of full batches (3 fix and check the per-step terms of every integer).
 _FULL_RECORDINGS = 3
@@ -322,11 +326,11 @@ class _Source:
             "",
             "",
             '@njit(cache=True, error_model="numpy", nogil=True)',
-            f"def epoch(n, batch, n_batches, {roots}, {fixed}F, I, U, acc, ones, words, sink,",
-            "          gemm_address, gemv_address, ilp64, par, par_min):",
+            f"def epoch(j0, j1, n, batch, n_batches, {roots}, {fixed}F, I, U, acc, ones, words,",
+            "          sink, gemm_address, gemv_address, ilp64, par, par_min):",
         ]
         lines += [f"    {line}" for line in pre]
-        lines += ["    for j in range(n_batches):",
+        lines += ["    for j in range(j0, j1):",
                   "        rows = min(batch, n - j * batch)"]
         lines += [f"        {line}" for line in self.body]
         return "\n".join(lines) + "\n"
@@ -567,7 +571,17 @@ class CompiledEpoch:
         self.reason = None
         self._scratch = None
 
-    def __call__(self, order) -> bool:
+    def __call__(self, order, should_stop=None, progress=None):
+        """Run the epoch in the order ``order``; True when it ran, False when it cannot.
+
+        With ``should_stop`` (a callable), the epoch runs in slices of about
+        :data:`SLICE_SECONDS` each and ``should_stop()`` is asked after every slice: compiled
+        code does not see signals, so this is how Ctrl-C reaches a long epoch. When it answers
+        True before the last slice, the epoch is abandoned part way and None is returned: the
+        parameters and optimizer state are then mid-epoch and the model's step counters are not
+        advanced (the caller goes back to its last completed epoch). ``progress(k)`` is called
+        with the number of batches each slice ran.
+        """
         if self.reason is None:
             try:
                 plan = self._plan()
@@ -583,8 +597,22 @@ class CompiledEpoch:
         if self.reason is not None:
             STATS["fallback_epochs"] += 1
             return False
-        fn(*args)
         n_batches = args[2]
+        done, per_call = 0, n_batches if should_stop is None else _FIRST_SLICE
+        while done < n_batches:
+            upto = min(n_batches, done + per_call)
+            t0 = time.perf_counter()
+            fn(done, upto, *args)
+            took = time.perf_counter() - t0
+            if progress is not None:
+                progress(upto - done)
+            if upto < n_batches and should_stop is not None:
+                if should_stop():
+                    STATS["abandoned_epochs"] += 1
+                    return None
+                per_call = max(1, min(n_batches, int((upto - done) * SLICE_SECONDS
+                                                     / max(took, 1e-6))))
+            done = upto
         for obj, slopes in plan["advance"]:
             for attr, (start, slope) in slopes.items():
                 setattr(obj, attr, start + slope * n_batches)
@@ -741,7 +769,7 @@ class CompiledEpoch:
     def _compile(fn, args):
         """Compile ``fn`` for these arguments now (or load it from Numba's cache), timed."""
         import numba
-        signature = tuple(numba.typeof(a) for a in args)
+        signature = tuple(numba.typeof(a) for a in (0, 1) + tuple(args))   # j0, j1 first
         if (fn, signature) in _READY:
             return
         hits = sum(fn.stats.cache_hits.values())
