@@ -22,7 +22,8 @@ def _fmt(v, spec):
 
 
 def markdown_table(rows) -> str:
-    """One line per row: throughput with its spread, per-step cost, GEMM efficiency, vs torch,
+    """One line per row: throughput with its spread, per-step cost, GEMM efficiency (the GEMM
+    share of the timed epochs: the rest is the time outside GEMMs), vs torch,
     vs JAX's two forms when the run interleaved them (``--vs jax``: its whole-epoch scan's
     samples/s, then the ratios to the scan and to the jitted step), and vs another bpgpu backend
     when the run interleaved one (``bpgpu bench --vs torch,numpy``)."""
@@ -41,10 +42,13 @@ def markdown_table(rows) -> str:
         spread = f"{r['samples_per_s_min'] / 1e3:.0f}–{r['samples_per_s_max'] / 1e3:.0f}k"
         frac = r.get("fraction_of_ceiling")
         gemm = r.get("gemm_time_fraction")
+        if gemm is not None and gemm >= 1.0:
+            gemm = None         # GEMM seconds >= the epoch: drift between the epochs, no figure
         torch = r.get("torch_samples_per_s")
         ratio = r.get("vs_torch")
         lines.append(
-            f"| {r['backend']} | {r['sizes']} | {r['batch']} | {r['dtype']} "
+            f"| {r['backend']}{' (compiled epoch)' if r.get('compiled_epoch') else ''} "
+            f"| {r['sizes']} | {r['batch']} | {r['dtype']} "
             f"| {r['samples_per_s'] / 1e3:.1f}k ({spread}) | {r['us_per_step']:.0f} "
             f"| {r['gflops']:.1f} | {_fmt(frac and 100 * frac, '.0f')} "
             f"| {_fmt(gemm and 100 * gemm, '.0f')}{'' if gemm is None else ' %'} "
