@@ -273,6 +273,127 @@ __global__ void gather(const T* data, const long long* idx, T* out, long long n,
     }
 }
 
+// The augmented batch gather (bpgpu.backends.base.Backend.gather_augmented is the contract, formula
+// by formula, in double as there): out[b] = warp_b(data[idx[b]]), optionally * scale + shift.
+// One block per image (blocks stride over the batch). The block's thread 0 turns the image's six
+// uniforms into its transform and shares it through shared memory; then the threads stride over
+// the image's pixels, stepping (row, column) along with no division per pixel. Two paths, chosen
+// per launch: translation and mirror only (a whole-pixel copy with zero fill, the plain gather's
+// arithmetic, so its values equal gather_scale's), or the sampling map with bilinear
+// interpolation and zero fill, plus the elastic field where there is one. A stale row index (the
+// launcher checks the index buffer once) gives a row of NaN, never a read out of bounds.
+template <typename S, typename T>
+__device__ __forceinline__ void warp_images(const S* data, const long long* idx, T* out,
+                                            const float* uniform, const T* field, bool has_field,
+                                            long long rows, long long data_rows, int height,
+                                            int width, int translate, double rotate, double zoom,
+                                            double shear, double flip, T scale, T shift,
+                                            bool scaled) {
+    __shared__ double t[7];               // tx, ty, mirror, a00, a01, a10, a11
+    const int n = height * width;
+    const bool affine = rotate != 0.0 || zoom != 0.0 || shear != 0.0 || has_field;
+    const double span = 2.0 * translate + 1.0;
+    const double cx = (width - 1) / 2.0, cy = (height - 1) / 2.0;
+    const T fill = scaled ? T(0) * scale + shift : T(0);      // a 0 pixel, as the gather maps it
+    const int dr = blockDim.x / width, dq = blockDim.x % width;
+    const int r0 = threadIdx.x / width, q0 = threadIdx.x % width;
+    for (long long b = blockIdx.x; b < rows; b += gridDim.x) {
+        if (threadIdx.x == 0) {
+            const float* u = uniform + b * 8;
+            t[0] = floor(double(u[0]) * span) - translate;
+            t[1] = floor(double(u[1]) * span) - translate;
+            t[2] = double(u[5]) < flip ? -1.0 : 1.0;
+            double theta = (2.0 * double(u[2]) - 1.0) * rotate;
+            double s = 1.0 + (2.0 * double(u[3]) - 1.0) * zoom;
+            double h = (2.0 * double(u[4]) - 1.0) * shear;
+            double c = cos(theta), sn = sin(theta);
+            t[3] = (c + h * sn) / s;
+            t[4] = (sn - h * c) / s;
+            t[5] = -sn / s;
+            t[6] = c / s;
+        }
+        __syncthreads();
+        const double tx = t[0], ty = t[1], m = t[2];
+        const double a00 = t[3], a01 = t[4], a10 = t[5], a11 = t[6];
+        __syncthreads();                  // every thread has read t: thread 0 may overwrite it
+        T* dst = out + b * n;
+        const long long row = idx[b];
+        if (row < 0 || row >= data_rows) {
+            for (int p = threadIdx.x; p < n; p += blockDim.x) dst[p] = quiet_nan<T>();
+            continue;
+        }
+        const S* src = data + row * n;
+        const T* fx_field = has_field ? field + b * 2 * n : field;
+        const int itx = int(tx), ity = int(ty);
+        int r = r0, q = q0;
+        for (int p = threadIdx.x; p < n; p += blockDim.x) {
+            T value;
+            if (!affine) {                // column q reads q - tx, or (width - 1) - q - tx mirrored
+                int sr = r - ity;
+                int sq = (m < 0.0 ? width - 1 - q : q) - itx;
+                if (sr >= 0 && sr < height && sq >= 0 && sq < width) {
+                    S v = src[sr * width + sq];
+                    value = scaled ? T(v) * scale + shift : T(v);
+                } else {
+                    value = fill;
+                }
+            } else {
+                double X = m * (q - cx) - tx;
+                double Y = (r - cy) - ty;
+                double sx = (a00 * X + a01 * Y) + cx;
+                double sy = (a10 * X + a11 * Y) + cy;
+                if (has_field) {
+                    sx = sx + double(fx_field[p]);
+                    sy = sy + double(fx_field[n + p]);
+                }
+                // out-of-range (or NaN) coordinates read nothing
+                if (!(sx >= -2.0)) sx = -2.0; else if (sx > width + 1.0) sx = width + 1.0;
+                if (!(sy >= -2.0)) sy = -2.0; else if (sy > height + 1.0) sy = height + 1.0;
+                double fx0 = floor(sx), fy0 = floor(sy);
+                double fx = sx - fx0, fy = sy - fy0;
+                int x0 = int(fx0), y0 = int(fy0);
+                bool in_x0 = x0 >= 0 && x0 < width, in_x1 = x0 + 1 >= 0 && x0 + 1 < width;
+                bool in_y0 = y0 >= 0 && y0 < height, in_y1 = y0 + 1 >= 0 && y0 + 1 < height;
+                double p00 = in_y0 && in_x0 ? double(src[y0 * width + x0]) : 0.0;
+                double p01 = in_y0 && in_x1 ? double(src[y0 * width + x0 + 1]) : 0.0;
+                double p10 = in_y1 && in_x0 ? double(src[(y0 + 1) * width + x0]) : 0.0;
+                double p11 = in_y1 && in_x1 ? double(src[(y0 + 1) * width + x0 + 1]) : 0.0;
+                double v = (1.0 - fy) * ((1.0 - fx) * p00 + fx * p01)
+                           + fy * ((1.0 - fx) * p10 + fx * p11);
+                value = scaled ? T(v) * scale + shift : T(v);
+            }
+            dst[p] = value;
+            q += dq;
+            r += dr;
+            if (q >= width) {
+                q -= width;
+                ++r;
+            }
+        }
+    }
+}
+
+template <typename T>
+__global__ void gather_augmented_scale(const unsigned char* data, const long long* idx, T* out,
+                                       const float* uniform, const T* field, int has_field,
+                                       long long rows, long long data_rows, int height, int width,
+                                       int translate, double rotate, double zoom, double shear,
+                                       double flip, T scale, T shift) {
+    warp_images<unsigned char, T>(data, idx, out, uniform, field, has_field != 0, rows, data_rows,
+                                  height, width, translate, rotate, zoom, shear, flip, scale,
+                                  shift, true);
+}
+
+template <typename T>
+__global__ void gather_augmented(const T* data, const long long* idx, T* out,
+                                 const float* uniform, const T* field, int has_field,
+                                 long long rows, long long data_rows, int height, int width,
+                                 int translate, double rotate, double zoom, double shear,
+                                 double flip) {
+    warp_images<T, T>(data, idx, out, uniform, field, has_field != 0, rows, data_rows, height,
+                      width, translate, rotate, zoom, shear, flip, T(1), T(0), false);
+}
+
 // inverted dropout: mask = (u >= rate) * keep_scale; out = a * mask
 template <typename T>
 __global__ void dropout_forward(const T* a, const float* u, float rate, T keep_scale, T* mask,
@@ -396,6 +517,13 @@ extern "C" __global__ void random_uniform(float* out, long long n, int first,
                                              long long, int, long long, T, T);                 \
     template __global__ void gather<T>(const T*, const long long*, T*, long long, int,        \
                                        long long);                                             \
+    template __global__ void gather_augmented_scale<T>(const unsigned char*, const long long*,  \
+                                                       T*, const float*, const T*, int,         \
+                                                       long long, long long, int, int, int,     \
+                                                       double, double, double, double, T, T);   \
+    template __global__ void gather_augmented<T>(const T*, const long long*, T*, const float*, \
+                                                 const T*, int, long long, long long, int, int, \
+                                                 int, double, double, double, double);          \
     template __global__ void dropout_forward<T>(const T*, const float*, float, T, T*, T*,      \
                                                 long long);                                    \
     template __global__ void multiply_inplace<T>(T*, const T*, long long);                    \

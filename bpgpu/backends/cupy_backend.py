@@ -43,7 +43,8 @@ __all__ = ["CupyBackend", "KERNEL_NAMES", "TEMPLATE_KERNELS", "PLAIN_KERNELS", "
 
 #: Kernels of fused.cu instantiated for float and double (looked up by name expression).
 TEMPLATE_KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
-                    "output_delta", "count_correct", "gather_scale", "gather", "dropout_forward",
+                    "output_delta", "count_correct", "gather_scale", "gather",
+                    "gather_augmented_scale", "gather_augmented", "dropout_forward",
                     "multiply_inplace", "sgd_update", "momentum_update", "adam_update")
 #: extern "C" kernels of fused.cu (float32 only).
 PLAIN_KERNELS = ("random_uniform",)
@@ -226,12 +227,13 @@ class CupyBackend(Backend):
             fn = self._functions[key] = self._compile().get_function(expr)
         return fn
 
-    def _launch(self, name, dtype, work, args, per_row=False):
+    def _launch(self, name, dtype, work, args, per_row=False, per_block=False):
         """Launch ``name<dtype>`` over ``work`` elements (or rows, one warp each, with
-        ``per_row``): enough blocks for one pass, capped at a few per SM."""
+        ``per_row``; or items, one block each, with ``per_block``): enough blocks for one pass,
+        capped at a few per SM."""
         if work <= 0:
             return
-        per_block = _ROWS_PER_BLOCK if per_row else _BLOCK
+        per_block = 1 if per_block else _ROWS_PER_BLOCK if per_row else _BLOCK
         grid = min(-(-int(work) // per_block), self._max_blocks)
         self._function(name, dtype)((grid,), (_BLOCK,), args)
         self._launches[name] += 1
@@ -444,13 +446,7 @@ class CupyBackend(Backend):
                 and data._c_contiguous and idx._c_contiguous):
             return super().gather_rows(data, idx, out, scale, shift)
         rows, cols = out.shape
-        lo, hi = self._index_range(idx)
-        if lo < 0 or hi >= data.shape[0]:
-            host = self.to_host(idx)
-            bad = host[(host < 0) | (host >= data.shape[0])]
-            if bad.size:
-                raise IndexError(f"row index {int(bad[0])} is out of bounds for {data.shape[0]} "
-                                 "rows")
+        self._check_indices(idx, data.shape[0])
         if scaled:
             t = out.dtype.type
             self._launch("gather_scale", out.dtype, out.size,
@@ -460,6 +456,52 @@ class CupyBackend(Backend):
             self._launch("gather", out.dtype, out.size,
                          (data, idx, out, np.int64(out.size), np.int32(cols),
                           np.int64(data.shape[0])))
+        return out
+
+    def _check_indices(self, idx, n_rows):
+        """IndexError for a row index outside ``[0, n_rows)``, read once per index buffer."""
+        lo, hi = self._index_range(idx)
+        if lo < 0 or hi >= n_rows:
+            host = self.to_host(idx)
+            bad = host[(host < 0) | (host >= n_rows)]
+            if bad.size:
+                raise IndexError(f"row index {int(bad[0])} is out of bounds for {n_rows} rows")
+
+    def gather_augmented(self, data, idx, out, uniform, field, height: int, width: int,
+                         translate: int = 0, rotate: float = 0.0, zoom: float = 0.0,
+                         shear: float = 0.0, flip: float = 0.0, scale: float = 1.0,
+                         shift: float = 0.0):
+        """As the reference, in one kernel (``gather_augmented[_scale]`` in fused.cu: one block
+        per image). Row indices are checked as :meth:`gather_rows` checks them; the elastic
+        field, when there is one, comes from :meth:`elastic_field` (two cuBLAS GEMMs)."""
+        scaled = data.dtype == np.uint8
+        height, width, translate = int(height), int(width), int(translate)
+        rows = out.shape[0] if out.ndim == 2 else -1
+        if not (out.dtype in _CTYPE and out.ndim == 2 and data.ndim == 2 and idx.ndim == 1
+                and idx.dtype == np.int64 and out.shape == (idx.shape[0], height * width)
+                and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
+                and uniform.dtype == _F32 and uniform.shape == (rows, 8)
+                and (field is None or (field.dtype == out.dtype
+                                       and field.shape == (rows, 2, height, width)
+                                       and field._c_contiguous))
+                and translate >= 0 and out._c_contiguous and data._c_contiguous
+                and idx._c_contiguous and uniform._c_contiguous):
+            return super().gather_augmented(data, idx, out, uniform, field, height, width,
+                                            translate, rotate, zoom, shear, flip, scale, shift)
+        self._check_indices(idx, data.shape[0])
+        has_field = field is not None
+        geometry = (np.int32(has_field), np.int64(rows), np.int64(data.shape[0]),
+                    np.int32(height), np.int32(width), np.int32(translate), np.float64(rotate),
+                    np.float64(zoom), np.float64(shear), np.float64(flip))
+        field = field if has_field else out           # never read without a field
+        if scaled:
+            t = out.dtype.type
+            self._launch("gather_augmented_scale", out.dtype, rows,
+                         (data, idx, out, uniform, field) + geometry + (t(scale), t(shift)),
+                         per_block=True)
+        else:
+            self._launch("gather_augmented", out.dtype, rows,
+                         (data, idx, out, uniform, field) + geometry, per_block=True)
         return out
 
     def random_uniform(self, out, key, counter, offset: int = 0):

@@ -187,6 +187,62 @@ def test_gather_rows_index_out_of_range(be, dtype):
     assert np.isnan(got[[1, 2]]).all()
 
 
+AUGMENTS = {"shift": dict(translate=3), "shift+flip": dict(translate=2, flip=0.5),
+            "affine": dict(translate=2, rotate=0.3, zoom=0.2, shear=0.3, flip=0.5),
+            "elastic": dict(translate=1, rotate=0.1, field=True)}
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (5, 3), (1, 1), (20, 40)])
+@pytest.mark.parametrize("kind", AUGMENTS)
+def test_gather_augmented(ref, dtype, shape, kind):
+    """One block per image: 9 images on a 1-SM device (8 blocks) make blocks stride over the
+    batch; 28x28 and 20x40 images make threads stride over the pixels. uint8 rows scaled and
+    float rows as they are; translation alone equals the reference bit for bit."""
+    be = emulated(sm_count=1)
+    height, width = shape
+    rng = np.random.default_rng(13)
+    data = rng.integers(0, 256, (30, height * width), dtype=np.uint8)
+    idx = rng.integers(0, 30, 9)
+    uniform = rng.random((9, 8), dtype=np.float32)
+    args = dict(AUGMENTS[kind])
+    field = None
+    if args.pop("field", False):
+        field = rng.normal(size=(9, 2, height, width)) * 2.0
+    for src, scale, shift in ((data, 0.98 / 255, 0.01), (rand(data.shape, 14), 1.0, 0.0)):
+        src = src if src.dtype == np.uint8 else src.astype(dtype)
+        out_d = be.empty((9, height * width), np.dtype(dtype))
+        out_r = ref.empty((9, height * width), np.dtype(dtype))
+        f_d = None if field is None else be.asarray(field, dtype=dtype)
+        f_r = None if field is None else field.astype(dtype)
+        before = launched(be)
+        be.gather_augmented(be.asarray(src), be.asarray(idx), out_d, be.asarray(uniform), f_d,
+                            height, width, scale=scale, shift=shift, **args)
+        ref.gather_augmented(src, idx, out_r, uniform, f_r, height, width, scale=scale,
+                             shift=shift, **args)
+        name = "gather_augmented_scale" if src.dtype == np.uint8 else "gather_augmented"
+        assert delta(before, launched(be)) == {name: 1}
+        if kind.startswith("shift"):
+            np.testing.assert_array_equal(be.to_host(out_d), out_r)
+        else:
+            same(be, out_d, out_r, dtype, magnitude=np.abs(out_r).max())
+
+
+def test_gather_augmented_index_out_of_range(be, dtype):
+    """As the plain gather: IndexError before launching; a stale buffer gives NaN rows."""
+    data = np.arange(4 * 9, dtype=np.uint8).reshape(4, 9)
+    out = be.empty((3, 9), np.dtype(dtype))
+    uniform = be.asarray(np.full((3, 8), 0.5, np.float32))
+    with pytest.raises(IndexError, match="row index 4 is out of bounds for 4 rows"):
+        be.gather_augmented(be.asarray(data), be.asarray(np.array([1, 4, 2])), out, uniform, None,
+                            3, 3, translate=1)
+    order = be.asarray(np.array([3, 1, 0, 2, 0, 1]))
+    be.gather_augmented(be.asarray(data), order[:3], out, uniform, None, 3, 3, rotate=0.2)
+    order[4] = 7                                            # stale: changed after the check
+    be.gather_augmented(be.asarray(data), order[3:], out, uniform, None, 3, 3, rotate=0.2)
+    got = be.to_host(out)
+    assert np.isnan(got[1]).all() and not np.isnan(got[[0, 2]]).any()
+
+
 @pytest.mark.parametrize("offset", [0, 1, 7, 8, 13, 1000003])
 @pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (2100,), (97, 101)])
 def test_random_uniform_bit_identical(be, ref, shape, offset):
@@ -347,6 +403,11 @@ def test_every_instantiation_is_launched(ref):
         idx = be.asarray(np.array([0, 2]))
         be.gather_rows(be.asarray(np.ones((3, 5), np.uint8)), idx, be.empty((2, 5), dt))
         be.gather_rows(z, idx, be.empty((2, 5), dt))
+        warp = be.asarray(np.full((2, 8), 0.5, np.float32))
+        be.gather_augmented(be.asarray(np.ones((3, 6), np.uint8)), idx, be.empty((2, 6), dt),
+                            warp, None, 2, 3, translate=1)
+        be.gather_augmented(be.asarray(np.ones((3, 6)), dtype=dtype), idx, be.empty((2, 6), dt),
+                            warp, None, 2, 3, rotate=0.1)
         u = be.empty((9, 5), np.float32)
         be.random_uniform(u, (1, 2), (3, 4, 5, 6))
         mask, out = be.empty((9, 5), dt), be.empty((9, 5), dt)
