@@ -235,6 +235,39 @@ def test_gemm_provider_table_names_the_fastest_and_the_blis_ratio():
     assert line.endswith("| blis-native 1t | 1.25× | 1.25× (blis-native) |")
 
 
+# ------------------------------------------------------------------ bench/outside_gemm.py
+def test_outside_gemm_strips_exactly_the_gemm_calls():
+    """The instrument removes the generated epoch's GEMM calls and nothing else, and what is
+    left is still a valid module of the same shape."""
+    pytest.importorskip("numba")
+    import importlib.util
+    from pathlib import Path
+
+    import bpgpu
+    from bpgpu.optim import make_optimizer
+    path = Path(__file__).resolve().parents[1] / "bench" / "outside_gemm.py"
+    spec = importlib.util.spec_from_file_location("outside_gemm", path)
+    og = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(og)
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 256, (200, 12), dtype=np.uint8), rng.integers(0, 3, 200)
+    net = bpgpu.MLP([12, 8, 3], backend="numba")
+    be = net.backend
+    opt = make_optimizer("sgd", be, net.n_params, net.dtype, lr=0.1)
+    runner = be.compiled_epoch(net, net.workspace(16), net.prepare_inputs(X),
+                               be.asarray(net.targets_from(y, 200)), opt)
+    if runner is None:
+        pytest.skip("compiled epochs are switched off in this environment")
+    source = runner._plan()["source"]
+    stripped = og.without_gemms(source)
+    gemm_lines = [l for l in source.splitlines() if l.lstrip().startswith(og.GEMM_CALLS)]
+    assert len(gemm_lines) == 5                     # 2 forward, 1 delta, 2 weight gradients
+    assert not any(l.lstrip().startswith(og.GEMM_CALLS) for l in stripped.splitlines())
+    kept = [l for l in source.splitlines() if l not in gemm_lines]
+    assert [l for l in stripped.splitlines() if l.strip() != "pass"] == kept
+    compile(stripped, "stripped", "exec")
+
+
 def test_torch_peer_walks_the_models_batches(mnist_data):
     """The PyTorch peer does the very work bpgpu does: same weights, same permutations (from the
     model's generator), same updates -- so one float64 epoch ends at the same parameters."""
