@@ -15,7 +15,7 @@ Arrays arrive C-contiguous and validated by the generator (with the backend's ow
 elements runs the parallel kernel when ``par and size >= par_min``, as the backend decides.
 
 Cached on disk like the kernels; Numba's cache checks only this file, so each cached function is
-named after a hash of cpu.py, blas.py and intrinsics.py as well (:func:`_fingerprint`).
+named after a hash of cpu.py, augment.py, blas.py and intrinsics.py as well (:func:`_fingerprint`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ import numpy as np
 from numba import njit
 
 from . import blas as _blas
+from .augment import KERNELS as _AUGMENT_KERNELS
 from .cpu import IDENTITY, KERNELS, SIGMOID, SOFTMAX, TANH
 from .intrinsics import call_address
 
 __all__ = ["SERIAL", "ADAPTIVE"]
 
 #: The ops each of :data:`SERIAL` and :data:`ADAPTIVE` holds.
-OPS = ("gather_rows", "gemm", "matmul", "bias_activation", "activation_backward", "output_delta",
-       "column_sums", "count_correct", "random_uniform", "dropout_forward", "dropout_backward",
-       "sgd_update", "momentum_update", "adam_update")
+OPS = ("gather_rows", "gather_augmented", "gemm", "matmul", "bias_activation",
+       "activation_backward", "output_delta", "column_sums", "count_correct", "random_uniform",
+       "dropout_forward", "dropout_backward", "sgd_update", "momentum_update", "adam_update")
 
 _JIT = {"error_model": "numpy", "nogil": True, "cache": True}
 #: The kernels the ops call, as (serial, parallel) dispatchers ``_<alias>_s``/``_<alias>_p``.
@@ -57,6 +58,7 @@ _count_s, _count_p = KERNELS["count_correct"]
 _uniform_s, _uniform_p = KERNELS["random_uniform"]
 _drop_fwd_s, _drop_fwd_p = KERNELS["dropout_forward"]
 _mul_s, _mul_p = KERNELS["multiply_inplace"]
+_aug_s, _aug_p = _AUGMENT_KERNELS["gather_augmented"]
 _column_sums = KERNELS["column_sums"][0]
 _sgd = KERNELS["sgd_update"][0]
 _momentum = KERNELS["momentum_update"][0]
@@ -73,6 +75,22 @@ def gather_rows(data, idx, out, scale, shift, scaled, par, par_min):
         bad = _gather_p(data, idx, out, t(scale), t(shift), scaled)
     else:
         bad = _gather_s(data, idx, out, t(scale), t(shift), scaled)
+    if bad >= 0:
+        raise IndexError("a row index of the epoch's order is out of bounds for the data")
+
+
+def gather_augmented(data, idx, out, uniform, height, width, translate, rotate, zoom, shear,
+                     flip, scale, shift, scaled, par, par_min):
+    """NumbaBackend.gather_augmented without an elastic field (a field is smoothed by GEMMs on
+    host arrays between the draws and the warp: such an epoch runs step by step)."""
+    t = out.dtype.type
+    no_field = np.empty((1, 2, 1, 1), out.dtype)
+    if par and out.size >= par_min:
+        bad = _aug_p(data, idx, out, uniform, no_field, False, height, width, translate, rotate,
+                     zoom, shear, flip, t(scale), t(shift), scaled)
+    else:
+        bad = _aug_s(data, idx, out, uniform, no_field, False, height, width, translate, rotate,
+                     zoom, shear, flip, t(scale), t(shift), scaled)
     if bad >= 0:
         raise IndexError("a row index of the epoch's order is out of bounds for the data")
 
@@ -266,7 +284,7 @@ def _fingerprint() -> str:
     part of every cached function's name, so a changed kernel never meets a stale cache."""
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
-    for name in ("cpu.py", "blas.py", "intrinsics.py"):
+    for name in ("cpu.py", "augment.py", "blas.py", "intrinsics.py"):
         with open(os.path.join(here, name), "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:12]
@@ -281,6 +299,7 @@ def _build(parallel):
     for alias, name in _PAIRED.items():
         serial, par = KERNELS[name]
         scope[f"_{alias}_s"], scope[f"_{alias}_p"] = serial, (par if parallel else serial)
+    scope["_aug_p"] = _aug_p if parallel else _aug_s
     module = types.ModuleType(f"{__name__}.{kind}")
     module.__doc__ = _build.__doc__
     tag = f"{kind}_{_fingerprint()}"

@@ -32,7 +32,8 @@ fallback: the runner returns False, and keeps the reason in :attr:`CompiledEpoch
 numpy's CBLAS was not found (kernels/blas.py), a ``gradient_hook`` is given (data-parallel
 training calls Python between backward and update), an op is replaced on the backend instance
 (a benchmark timing its GEMMs), the step issues an op or an argument the generator does not know
-(the augmented gather), or numpy's matmul would take its dot path (one row times one column).
+(the elastic field of augmentation: its smoothing runs as GEMMs on host arrays), or numpy's
+matmul would take its dot path (one row times one column).
 
 When: ``BPGPU_COMPILED_EPOCH=0`` in the environment turns compiled epochs off, ``=1`` compiles
 every epoch; by default epochs of at least :data:`MIN_BATCHES` batches are compiled (a new
@@ -356,6 +357,21 @@ def _lower_gather_rows(src, a, raw, e):
     src.emit(f"_e.gather_rows({e[0]}, {e[1]}, {e[2]}, {e[3]}, {e[4]}, {scaled}, par, par_min)")
 
 
+def _lower_gather_augmented(src, a, raw, e):
+    for data, idx, out, uniform, field, height, width, translate, *_ in raw:
+        scaled = data.dtype == np.uint8
+        _check(field is None and out.dtype in (np.float32, np.float64)
+               and out.ndim == data.ndim == 2 and idx.ndim == 1 and idx.dtype.kind in "iu"
+               and out.shape == (idx.shape[0], height * width)
+               and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
+               and uniform.dtype == np.float32 and uniform.shape == (out.shape[0], 8)
+               and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
+               and uniform.flags.c_contiguous, "gather_augmented")
+    scaled = raw[0][0].dtype == np.uint8
+    args = ", ".join(e[k] for k in (0, 1, 2, 3) + tuple(range(5, 14)))
+    src.emit(f"_e.gather_augmented({args}, {scaled}, par, par_min)")
+
+
 def _mnk(a, b, out, trans_a):
     return out.shape[0], out.shape[1], a.shape[0] if trans_a else a.shape[1]
 
@@ -479,7 +495,7 @@ _LOWER = {name[len("_lower_"):]: fn for name, fn in globals().items()
 
 
 # ------------------------------------------------------------------------------ 4. compile
-_KERNEL_SOURCES = ("epoch.py", "cpu.py", "blas.py", "intrinsics.py")
+_KERNEL_SOURCES = ("epoch.py", "cpu.py", "augment.py", "blas.py", "intrinsics.py")
 _COMPILED: dict = {}          # source hash -> dispatcher
 _READY: set = set()           # (dispatcher, argument types) compiled or loaded
 
