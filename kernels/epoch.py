@@ -40,12 +40,15 @@ OPS = ("gather_rows", "gather_augmented", "gemm", "matmul", "bias_activation",
        "dropout_forward", "dropout_backward", "sgd_update", "momentum_update", "adam_update")
 
 _JIT = {"error_model": "numpy", "nogil": True, "cache": True}
-#: The kernels the ops call, as (serial, parallel) dispatchers ``_<alias>_s``/``_<alias>_p``.
+#: The kernels the ops call, as (serial, parallel) dispatchers ``_<alias>_s``/``_<alias>_p``
+#: (kernels/cpu.py's, and kernels/augment.py's warp).
 _PAIRED = {"gather": "gather", "add_bias": "add_bias", "relu": "add_bias_relu",
            "sigmoid": "bias_sigmoid", "tanh": "bias_tanh", "softmax": "bias_softmax",
            "act_bwd": "activation_backward", "out_delta": "output_delta",
            "count": "count_correct", "uniform": "random_uniform", "drop_fwd": "dropout_forward",
-           "mul": "multiply_inplace"}
+           "mul": "multiply_inplace", "aug": "gather_augmented"}
+#: kernels/cpu.py's and kernels/augment.py's (serial, parallel) dispatchers by name
+_ALL_KERNELS = {**KERNELS, **_AUGMENT_KERNELS}
 _gather_s, _gather_p = KERNELS["gather"]
 _add_bias_s, _add_bias_p = KERNELS["add_bias"]
 _relu_s, _relu_p = KERNELS["add_bias_relu"]
@@ -58,7 +61,7 @@ _count_s, _count_p = KERNELS["count_correct"]
 _uniform_s, _uniform_p = KERNELS["random_uniform"]
 _drop_fwd_s, _drop_fwd_p = KERNELS["dropout_forward"]
 _mul_s, _mul_p = KERNELS["multiply_inplace"]
-_aug_s, _aug_p = _AUGMENT_KERNELS["gather_augmented"]
+_aug_s, _aug_p = _ALL_KERNELS["gather_augmented"]
 _column_sums = KERNELS["column_sums"][0]
 _sgd = KERNELS["sgd_update"][0]
 _momentum = KERNELS["momentum_update"][0]
@@ -297,9 +300,8 @@ def _build(parallel):
     kind = "adaptive" if parallel else "serial"
     scope = dict(globals())
     for alias, name in _PAIRED.items():
-        serial, par = KERNELS[name]
+        serial, par = _ALL_KERNELS[name]
         scope[f"_{alias}_s"], scope[f"_{alias}_p"] = serial, (par if parallel else serial)
-    scope["_aug_p"] = _aug_p if parallel else _aug_s
     module = types.ModuleType(f"{__name__}.{kind}")
     module.__doc__ = _build.__doc__
     tag = f"{kind}_{_fingerprint()}"

@@ -52,6 +52,23 @@ def _ok_rows(z, vector):
             and vector.flags.c_contiguous)
 
 
+def _ok_augment(data, idx, out, uniform, field, height, width, translate):
+    """The augmented gather's arrays fit its kernel (kernels/augment.py) together: ``out``
+    (B, height*width) float, ``data`` rows of as many pixels (uint8 or out's dtype), integer
+    ``idx`` (B,), float32 ``uniform`` (B, 8), ``field`` None or (B, 2, height, width) of out's
+    dtype, everything C-contiguous, ``translate >= 0``."""
+    scaled = data.dtype == np.uint8
+    return (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
+            and idx.dtype.kind in "iu" and out.shape == (idx.shape[0], height * width)
+            and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
+            and uniform.dtype == np.float32 and uniform.shape == (out.shape[0], 8)
+            and (field is None or (field.dtype == out.dtype
+                                   and field.shape == (out.shape[0], 2, height, width)
+                                   and field.flags.c_contiguous))
+            and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
+            and uniform.flags.c_contiguous)
+
+
 def cache_status() -> str:
     """Whether compiled kernels are on disk (Numba's cache next to kernels/cpu.py, or
     $NUMBA_CACHE_DIR), without importing numba."""
@@ -358,15 +375,7 @@ class NumbaBackend(NumpyBackend):
                          shift: float = 0.0):
         scaled = data.dtype == np.uint8
         height, width, translate = int(height), int(width), int(translate)
-        if not (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
-                and idx.dtype.kind in "iu" and out.shape == (idx.shape[0], height * width)
-                and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
-                and uniform.dtype == np.float32 and uniform.shape == (out.shape[0], 8)
-                and (field is None or (field.dtype == out.dtype
-                                       and field.shape == (out.shape[0], 2, height, width)
-                                       and field.flags.c_contiguous))
-                and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
-                and uniform.flags.c_contiguous):
+        if not _ok_augment(data, idx, out, uniform, field, height, width, translate):
             return super().gather_augmented(data, idx, out, uniform, field, height, width,
                                             translate, rotate, zoom, shear, flip, scale, shift)
         from bpgpu.kernels import augment

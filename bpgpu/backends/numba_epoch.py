@@ -57,7 +57,7 @@ import numpy as np
 
 from ..activations import ACT_CODES, LOSS_CODES
 from .base import EXP_LIMIT, LOG_CLIP, OPS, Backend
-from .numba_backend import PARALLEL_MIN, SERIAL_MAX_CORES, _ok, _ok_rows
+from .numba_backend import PARALLEL_MIN, SERIAL_MAX_CORES, _ok, _ok_augment, _ok_rows
 
 __all__ = ["CompiledEpoch", "ENV", "MIN_BATCHES", "SLICE_SECONDS", "mode", "override",
            "enabled", "STATS", "Unsupported"]
@@ -359,14 +359,8 @@ def _lower_gather_rows(src, a, raw, e):
 
 def _lower_gather_augmented(src, a, raw, e):
     for data, idx, out, uniform, field, height, width, translate, *_ in raw:
-        scaled = data.dtype == np.uint8
-        _check(field is None and out.dtype in (np.float32, np.float64)
-               and out.ndim == data.ndim == 2 and idx.ndim == 1 and idx.dtype.kind in "iu"
-               and out.shape == (idx.shape[0], height * width)
-               and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
-               and uniform.dtype == np.float32 and uniform.shape == (out.shape[0], 8)
-               and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
-               and uniform.flags.c_contiguous, "gather_augmented")
+        _check(field is None and _ok_augment(data, idx, out, uniform, field, height, width,
+                                             translate), "gather_augmented")
     scaled = raw[0][0].dtype == np.uint8
     args = ", ".join(e[k] for k in (0, 1, 2, 3) + tuple(range(5, 14)))
     src.emit(f"_e.gather_augmented({args}, {scaled}, par, par_min)")

@@ -15,6 +15,7 @@ GEMMs took as long as the whole timed epoch, and the table shows no figure for i
 
 from __future__ import annotations
 
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -101,7 +102,6 @@ def _instrumented_epoch(net, X, y, batch):
 
 def _compiled_epochs() -> int:
     """Epochs run compiled so far in this process (numba's compiled epoch; 0 without numba)."""
-    import sys
     ne = sys.modules.get("bpgpu.backends.numba_epoch")
     return 0 if ne is None else ne.STATS["compiled_epochs"]
 
