@@ -10,15 +10,14 @@ Importing bpgpu never imports numba or cupy: backends are loaded when first aske
 """
 
 from . import datasets
+from ._version import __version__
 from .backends import available_backends, get_backend, use_backend
 from .errors import BackendUnavailable, BpgpuError, ConfigError, DataError, ModelFileError
 from .gradcheck import gradcheck
-from .io import load
-from .mlp import MLP
-from .train import History, TrainingInterrupted
+from .history import History
+from .mlp import MLP, load
+from .signals import TrainingInterrupted
 
-__version__ = "0.1.0"
-
-__all__ = ["MLP", "History", "TrainingInterrupted", "load", "gradcheck", "datasets", "available_backends",
-           "get_backend", "use_backend", "BpgpuError", "BackendUnavailable", "ConfigError",
-           "DataError", "ModelFileError", "__version__"]
+__all__ = ["MLP", "History", "TrainingInterrupted", "load", "gradcheck", "datasets",
+           "available_backends", "get_backend", "use_backend", "BpgpuError", "BackendUnavailable",
+           "ConfigError", "DataError", "ModelFileError", "__version__"]

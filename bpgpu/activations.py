@@ -10,6 +10,7 @@ is what lets the backward pass work in place on the delta without keeping pre-ac
 from __future__ import annotations
 
 from .errors import ConfigError
+from .kernels.codes import ACT_CODES, LOSS_CODES   # the kernels' codes of these names
 
 __all__ = ["HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "LOSSES", "VALID_OUTPUT_LOSS",
            "ACT_CODES", "LOSS_CODES", "check_activation", "check_output_loss"]
@@ -18,7 +19,7 @@ __all__ = ["HIDDEN_ACTIVATIONS", "OUTPUT_ACTIVATIONS", "LOSSES", "VALID_OUTPUT_L
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 #: Activations allowed on the output layer (softmax is row-wise, so output only).
 OUTPUT_ACTIVATIONS = HIDDEN_ACTIVATIONS + ("softmax",)
-#: Losses: mean over samples of the per-sample cost (see DESIGN.md).
+#: Losses: the mean over a batch's samples of the per-sample cost (Backend.loss_sum's formulas).
 LOSSES = ("mse", "bce", "ce")
 #: Which output activation each loss accepts.
 VALID_OUTPUT_LOSS = {
@@ -27,10 +28,6 @@ VALID_OUTPUT_LOSS = {
     "ce": ("softmax",),
 }
 
-#: The integer codes compiled kernels use for activations and losses: the ONE table that
-#: kernels/cpu.py, the cupy backend and kernels/fused.cu (as -D defines) all read.
-ACT_CODES = {"identity": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "softmax": 4}
-LOSS_CODES = {"mse": 0, "bce": 1, "ce": 2}
 
 
 def check_activation(name: str, *, output: bool = False) -> str:

@@ -8,7 +8,7 @@ gathering it, straight from the uint8 rows into the float batch: no host loop ov
 of the dataset, and a new variation of every image in every epoch.
 
 The random numbers come from the model's counter-based Philox streams (the dropout masks' key,
-:attr:`bpgpu.MLP.stream_key`), named by (training step, purpose "augment"): the parameters of
+bpgpu.streams), named by (training step, purpose "augment"): the parameters of
 image ``g`` of step ``t``'s batch are elements ``8 g .. 8 g + 7`` of the stream with counter
 :func:`augment_counter` ``(t, PARAMS)``, its elastic field elements ``2 H W g ..`` of the stream
 ``(t, FIELD)``. So every backend warps the same images the same way, a resumed run sees the images
@@ -42,23 +42,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import ConfigError
+from .streams import AUGMENT_STREAM, FIELD, PARAMS, augment_counter, stream_key
 
 __all__ = ["Augment", "make_augment", "preview", "augment_counter", "AUGMENT_STREAM", "PARAMS", "FIELD",
            "UNIFORMS_PER_IMAGE"]
 
-#: Last word of every augmentation stream's Philox counter (ASCII "augment"): names the purpose,
-#: as "dropout" does for the dropout streams, so the two never coincide.
-AUGMENT_STREAM = int.from_bytes(b"augment", "little")
-#: Third counter word of the stream of per-image transform parameters, and of the elastic fields.
-PARAMS, FIELD = 0, 1
 #: Uniform numbers per image in the parameter stream: one Philox block (6 used, 2 reserved).
 UNIFORMS_PER_IMAGE = 8
-
-
-def augment_counter(step, part):
-    """Philox counter of augmentation stream ``part`` (:data:`PARAMS` or :data:`FIELD`) of
-    training step ``step``."""
-    return 0, int(step), int(part), AUGMENT_STREAM
 
 
 @dataclass(frozen=True)
@@ -269,7 +259,7 @@ def preview(X, augment, *, step=0, seed=0, backend="numpy", input_scale=1.0 / 25
     step : int
         The training step whose streams are drawn (different steps: different variations).
     seed : int
-        The model's seed (its :func:`bpgpu.mlp.stream_key`).
+        The model's seed (its :func:`bpgpu.streams.stream_key`).
     backend : str or Backend
 
     Returns
@@ -278,7 +268,6 @@ def preview(X, augment, *, step=0, seed=0, backend="numpy", input_scale=1.0 / 25
         Rows ``0 .. N-1`` warped as rows ``0 .. N-1`` of that step's batch.
     """
     from .backends import get_backend
-    from .mlp import stream_key
     X = np.asarray(X)
     aug = make_augment(augment)
     n = X.shape[0]

@@ -40,7 +40,7 @@ def _plt():
 
 
 def _save(fig, out, name, plt):
-    from .io import atomic_write
+    from .files import atomic_write
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -5,7 +5,10 @@ these, so the CLI can print one line and exit with status 2 instead of a traceba
 can catch exactly what they expect.
 """
 
-__all__ = ["BpgpuError", "BackendUnavailable", "DataError", "ConfigError", "ModelFileError"]
+import argparse
+
+__all__ = ["BpgpuError", "BackendUnavailable", "DataError", "ConfigError", "ModelFileError",
+           "UsageError", "USER_ERRORS"]
 
 
 class BpgpuError(Exception):
@@ -26,3 +29,12 @@ class ConfigError(BpgpuError, ValueError):
 
 class ModelFileError(BpgpuError):
     """A saved model file is truncated, foreign, or of an unknown format version."""
+
+
+class UsageError(BpgpuError):
+    """Bad command-line usage (reported like any other error: one line, exit 2)."""
+
+
+#: What ``bpgpu`` reports as one line and exit status 2 (no traceback): bpgpu's own errors, an
+#: operating-system error on a file, and argparse's (a bad value caught outside the parser).
+USER_ERRORS = (BpgpuError, OSError, argparse.ArgumentError, argparse.ArgumentTypeError)

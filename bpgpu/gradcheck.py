@@ -23,7 +23,7 @@ def gradcheck_layers(net, X, Y, eps=1e-6, max_per_layer=None, seed=0):
 
     Parameters
     ----------
-    net : MLP
+    net : Network
     X : array, shape (B, n_0)
     Y : labels (B,) or targets (B, n_out)
     eps : float
@@ -36,10 +36,10 @@ def gradcheck_layers(net, X, Y, eps=1e-6, max_per_layer=None, seed=0):
     list of dict
         One per layer: ``{"layer", "weights", "biases"}`` (relative errors).
     """
-    from .mlp import MLP
+    from .network import Network
 
     cfg = net.config()
-    probe = MLP(cfg["sizes"], activation=cfg["activation"], output=cfg["output"],
+    probe = Network(cfg["sizes"], activation=cfg["activation"], output=cfg["output"],
                 loss=cfg["loss"], dtype="float64", backend=net.backend, seed=cfg["seed"],
                 input_scale=cfg["input_scale"], input_shift=cfg["input_shift"])
     weights, biases = net.get_params()

@@ -1,8 +1,7 @@
 """Saving and loading models: one ``.npz`` holding the parameters and a JSON metadata record.
 
-The file is written to a temporary file in the target directory and renamed into place, so a crash
-or a full disk never leaves a half-written model behind; it gets the permissions any new file gets
-(see :func:`atomic_write`). Loading checks the format tag and version, every array's shape against
+The file is written through :func:`bpgpu.files.atomic_write`, so a crash or a full disk never
+leaves a half-written model behind; it gets the permissions any new file gets. Loading checks the format tag and version, every array's shape against
 the recorded sizes, and turns a truncated, corrupt or foreign file into a
 :class:`~bpgpu.errors.ModelFileError` that says what is wrong: :func:`read_archive` checks each
 array's header against the bytes the file really holds before allocating anything, so a corrupt
@@ -11,11 +10,9 @@ header cannot make it allocate gigabytes. A model saved from any backend loads o
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import stat
 import struct
 import zipfile
 import zlib
@@ -23,79 +20,12 @@ import zlib
 import numpy as np
 
 from .errors import BpgpuError, ModelFileError
+from .files import atomic_write
 
-__all__ = ["save", "load", "atomic_write", "read_archive", "model_from_archive", "FORMAT",
-           "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_archive", "model_from_archive", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "bpgpu-mlp"
 FORMAT_VERSION = 1
-
-
-def _create_temp(directory):
-    """Open a new, empty temporary file in ``directory``; return (fd, path).
-
-    It is created with mode 0o666 and the kernel applies the process umask, as for any new file
-    (0644 under the usual 022). ``tempfile.mkstemp`` creates 0600, and that mode would survive the
-    rename and make every saved file private by accident.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(directory, f".bpgpu-{os.urandom(6).hex()}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
-
-
-def _fsync_directory(directory):
-    """Make a rename in ``directory`` durable (POSIX: fsync the directory itself)."""
-    if os.name == "nt":   # no directory handles to sync; NTFS journals the rename
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # a few network and FUSE file systems cannot fsync a directory: the file itself is
-        # complete and synced, and the rename's durability is then up to them
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write) -> str:
-    """Create ``path`` by calling ``write(binary_file)`` on a temporary file, then renaming it.
-
-    Either the whole new file is there afterwards or the old state is untouched (no half-written
-    output, whatever ``write`` raises). The data is fsynced before the rename and the directory
-    after it, so once this returns the new file survives a crash or power cut.
-
-    Permissions: a new file gets the mode any new file gets under the process umask (0644 under
-    the usual 022, 0600 under 077). Replacing an existing file keeps that file's permission bits,
-    so a model its owner made private stays private when it is saved again.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        keep_mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        keep_mode = None
-    fd, tmp = _create_temp(directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if keep_mode is not None:
-                os.chmod(tmp, keep_mode)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-    return path
 
 
 def save(model, path, *, sections=None, arrays=None) -> str:
@@ -227,9 +157,12 @@ def read_archive(path):
     return meta, arrays
 
 
-def model_from_archive(meta, arrays, path, backend="auto"):
-    """Build the model that :func:`read_archive` returned, on ``backend``."""
-    from .mlp import MLP
+def model_from_archive(meta, arrays, path, backend="auto", cls=None):
+    """Build the model that :func:`read_archive` returned, on ``backend``, as a ``cls``
+    (:class:`~bpgpu.network.Network` or a subclass; :func:`bpgpu.load` asks for
+    :class:`bpgpu.MLP`)."""
+    from .network import Network
+    cls = Network if cls is None else cls
 
     try:
         cfg = meta["config"]
@@ -254,7 +187,7 @@ def model_from_archive(meta, arrays, path, backend="auto"):
             raise ModelFileError(f"{path}: corrupt model file: layer {i} holds {w.dtype} and "
                                  f"{b.dtype} arrays, not floating point")
     try:
-        model = MLP(cfg["sizes"], activation=cfg["activation"], output=cfg["output"],
+        model = cls(cfg["sizes"], activation=cfg["activation"], output=cfg["output"],
                     loss=cfg["loss"], init=cfg.get("init", "normal"), dtype=cfg["dtype"],
                     backend=backend, seed=cfg.get("seed", 0),
                     input_scale=cfg.get("input_scale", 1 / 255),
@@ -271,9 +204,9 @@ def model_from_archive(meta, arrays, path, backend="auto"):
     return model
 
 
-def load(path, backend="auto"):
+def load(path, backend="auto", cls=None):
     """Load a model written by :func:`save` (or a checkpoint: the model it holds) onto
-    ``backend``.
+    ``backend``, as a ``cls`` (default :class:`~bpgpu.network.Network`).
 
     Raises
     ------
@@ -281,4 +214,4 @@ def load(path, backend="auto"):
         The file is missing, truncated, not a bpgpu model, or of another format version.
     """
     meta, arrays = read_archive(path)
-    return model_from_archive(meta, arrays, os.fspath(path), backend)
+    return model_from_archive(meta, arrays, os.fspath(path), backend, cls)

@@ -8,6 +8,8 @@ flat buffer stores all weights first, so decay covers its first ``n_decay`` entr
 
 from __future__ import annotations
 
+import contextlib
+
 from .errors import ConfigError
 
 __all__ = ["OPTIMIZERS", "make_optimizer", "SGD", "Momentum", "Adam"]
@@ -60,6 +62,27 @@ class SGD:
             self.backend.copy(getattr(self, name), getattr(into, name))
         if hasattr(self, "t"):
             into.t = self.t
+
+    def counters(self) -> dict:
+        """The integers a training step advances (Adam's step count ``t``; none for SGD)."""
+        return {"t": self.t} if hasattr(self, "t") else {}
+
+    def set_counters(self, counters: dict) -> None:
+        """Set what :meth:`counters` returned."""
+        if "t" in counters:
+            self.t = int(counters["t"])
+
+    @contextlib.contextmanager
+    def redirected(self, backend):
+        """Within the block the update's op goes to ``backend`` (the compiled epoch's recording
+        stand-in); afterwards the backend and :meth:`counters` are what they were."""
+        saved, counters = self.backend, self.counters()
+        self.backend = backend
+        try:
+            yield self
+        finally:
+            self.backend = saved
+            self.set_counters(counters)
 
     def fused_sgd(self):
         """``(lr, weight_decay)`` when this update runs inside the gradient GEMMs

@@ -6,7 +6,7 @@ import numpy as np
 
 from ._compat import optional_import
 from .errors import ConfigError
-from .io import atomic_write
+from .files import atomic_write
 
 __all__ = ["plot_history", "plot_confusion", "plot_first_layer"]
 

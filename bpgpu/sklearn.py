@@ -8,42 +8,55 @@ is rebuilt on demand. Requires scikit-learn (in the ``dev`` extra).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .mlp import MLP
+from .options import sklearn_parameters
 
 __all__ = ["BPClassifier", "BPRegressor"]
+
+
+#: The estimators' own parameters (name, default): the network, the early-stopping switch in
+#: scikit-learn's spelling, and where it runs. The training options they share with ``fit`` come
+#: from bpgpu.options (:func:`~bpgpu.options.sklearn_parameters`): each option declares its name
+#: and default here.
+_MODEL_PARAMETERS = (("hidden_layer_sizes", (100,)), ("activation", "relu"), ("init", "he"))
+_STOPPING_PARAMETERS = (("early_stopping", False), ("validation_fraction", 0.1),
+                        ("n_iter_no_change", 10))
+_PLACE_PARAMETERS = (("dtype", "float64"), ("backend", "auto"), ("random_state", None))
+
+
+def _parameters():
+    """Every estimator parameter as ``(name, default)``, in signature order."""
+    options = [(sk, default) for sk, _, default in sklearn_parameters()]
+    return list(_MODEL_PARAMETERS) + options + list(_STOPPING_PARAMETERS) + \
+        list(_PLACE_PARAMETERS)
+
+
+def _init(self, **params):
+    for name, default in _parameters():
+        setattr(self, name, params.pop(name, default))
+    if params:
+        raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument "
+                        f"{sorted(params)[0]!r}")
+
+
+_init.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+       for name, default in _parameters()])
 
 
 class _BPEstimator(BaseEstimator):
     _output = "softmax"
     _loss = "ce"
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", init="he",
-                 optimizer="adam", learning_rate=1e-3, momentum=0.9, alpha=0.0, batch_size=64,
-                 max_iter=200, dropout=0.0, early_stopping=False, validation_fraction=0.1,
-                 n_iter_no_change=10, shuffle=True, dtype="float64", backend="auto",
-                 random_state=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.init = init
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.momentum = momentum
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.dropout = dropout
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.shuffle = shuffle
-        self.dtype = dtype
-        self.backend = backend
-        self.random_state = random_state
+    __init__ = _init
 
     # the model: built from the settings, its parameters kept on the host
     def _seed(self):
@@ -75,11 +88,12 @@ class _BPEstimator(BaseEstimator):
         return state
 
     def _fit_args(self, epochs):
-        return dict(epochs=epochs, batch_size=self.batch_size, optimizer=self.optimizer,
-                    lr=self.learning_rate, momentum=self.momentum, weight_decay=self.alpha,
-                    dropout=self.dropout, shuffle=self.shuffle,
+        """``fit``'s options from the estimator's parameters (bpgpu.options declares which)."""
+        args = {option: getattr(self, sk) for sk, option, _ in sklearn_parameters()}
+        args.update(epochs=epochs,
                     validation_split=self.validation_fraction if self.early_stopping else None,
                     early_stopping=self.n_iter_no_change if self.early_stopping else None)
+        return args
 
     def _train(self, X, T, epochs, fresh):
         if fresh or not hasattr(self, "coefs_"):

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _compat
 from .backends import auto_reason, available_backends
-from .backends.numpy_backend import blas_info
+from .backends.threads import blas_info
 
 __all__ = ["cpu_model", "cpu_flags", "cpu_vector_isa", "openblas_kernels", "xla_cpu_threads",
            "library_versions", "gpu_info", "machine_record"]

@@ -18,7 +18,7 @@ float64, tanh <= 1.5 ulp; NaN, infinities, signed zeros, overflow and subnormal 
 and faster than numpy's own loops on this AVX2 machine (bench/NOTES.md step 17). No ``fastmath``:
 results must match numpy to the dtype's rounding (the parity tests check it).
 
-Activation and loss codes are :data:`bpgpu.activations.ACT_CODES` / ``LOSS_CODES`` (the one table
+Activation and loss codes are :data:`bpgpu.kernels.codes.ACT_CODES` / ``LOSS_CODES`` (the one table
 the CUDA kernels share); the kernels read them as module constants, which Numba freezes at compile.
 """
 
@@ -32,14 +32,13 @@ from numba import njit, prange
 from numba import types as nbtypes
 from numba.extending import overload
 
+from .codes import ACT_CODES, LOSS_CODES
 from .intrinsics import float_from_bits, mulhilo64, prefetch_row
-
-from bpgpu.activations import ACT_CODES, LOSS_CODES
 
 __all__ = ["ACT_CODES", "LOSS_CODES", "KERNELS", "vexp", "vtanh"]
 
 # the codes as plain globals: Numba compiles them in as constants (its on-disk cache keys on this
-# file, not on activations.py: clear __pycache__ if those codes ever change)
+# file, not on codes.py: clear __pycache__ if those codes ever change)
 IDENTITY, SIGMOID, TANH, RELU, SOFTMAX = (ACT_CODES[n] for n in ("identity", "sigmoid", "tanh",
                                                           "relu", "softmax"))
 MSE, BCE, CE = (LOSS_CODES[n] for n in ("mse", "bce", "ce"))

@@ -30,7 +30,7 @@ from mpi4py import MPI
 import bpgpu
 from bpgpu.distributed import DataParallel
 from bpgpu.errors import BpgpuError
-from bpgpu.train import TrainingInterrupted
+from bpgpu.signals import TrainingInterrupted
 
 
 def flat(net):

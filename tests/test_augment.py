@@ -256,7 +256,7 @@ def test_parameters_come_from_the_named_philox_streams():
                                                                 np.uint64)))
     assert np.array_equal(ws.aug_noise, gen.random(6 * 2 * 784, dtype=np.float32)
                           .reshape(6, 2, 28, 28))
-    assert augment_counter(7, PARAMS) != bpgpu.mlp.dropout_counter(7, 0)
+    assert augment_counter(7, PARAMS) != bpgpu.streams.dropout_counter(7, 0)
 
 
 def test_a_row_offset_draws_the_rows_of_the_global_batch():

@@ -181,14 +181,14 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
 def test_choices_come_from_the_module_tables():
     """--activation, --output, --loss, --init, --optimizer, --backend, --dtype and the demo names
     offer exactly what the modules that own them define."""
-    from bpgpu import activations, backends, demos, init, mlp, optim
+    from bpgpu import activations, backends, demos, init, network, optim
     from bpgpu.cli import build_parser
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
     want = {"activation": activations.HIDDEN_ACTIVATIONS,
             "output": activations.OUTPUT_ACTIVATIONS, "loss": activations.LOSSES,
             "init": init.INITS, "optimizer": optim.OPTIMIZERS,
-            "backend": ("auto",) + backends.backend_names(), "dtype": tuple(mlp.DTYPES)}
+            "backend": ("auto",) + backends.backend_names(), "dtype": tuple(network.DTYPES)}
     train = {a.dest: a.choices for a in sub["train"]._actions}
     for dest, names in want.items():
         assert tuple(train[dest]) == tuple(names), dest

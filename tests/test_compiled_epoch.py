@@ -150,7 +150,7 @@ def test_numpys_dot_case_falls_back(monkeypatch):
 def test_large_column_sums_take_the_blas_path_identically(monkeypatch, optimizer):
     """Deltas of >= PARALLEL_MIN elements: column sums by GEMV (fused SGD's alpha/beta) or by
     numpy's matmul with a ones vector (plain gradients), and a remainder below the threshold."""
-    from bpgpu.backends.numba_backend import PARALLEL_MIN
+    from bpgpu.backends.threads import PARALLEL_MIN
     X, y = _data(600, features=20)
     assert 256 * 300 >= PARALLEL_MIN > (600 - 2 * 256) * 300
     fit = dict(batch_size=256, optimizer=optimizer)
@@ -225,24 +225,27 @@ def test_gradient_hook_falls_back(monkeypatch):
     assert np.array_equal(_flat(net), params) and net.steps == steps   # nothing ran
 
 
-def test_an_op_replaced_on_the_instance_falls_back(monkeypatch):
-    """A benchmark that wraps the backend's gemm to time it must see every call."""
+def test_a_gemm_timer_sees_every_call_and_the_shared_backend_is_untouched(monkeypatch):
+    """The benchmark times GEMMs through a wrapper backend (bpgpu.bench.timing.GemmTimer): it has
+    no compiled epoch, so every GEMM call reaches it, and the shared backend is never modified."""
+    from bpgpu.bench.timing import GemmTimer
     monkeypatch.setenv(ne.ENV, "1")
     be = bpgpu.get_backend("numba")
-    calls = []
-    original = be.gemm
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(be, "gemm", counted, raising=False)
     X, y = _data(64)
     net = bpgpu.MLP([12, 5, 3], backend="numba")
-    runner = _runner(net, X, y, make_optimizer("sgd", be, net.n_params, net.dtype, lr=0.1))
-    assert runner(np.arange(64)) is False and "gemm" in runner.reason
-    net.fit(X, y, epochs=1, batch_size=16)
+    timer = GemmTimer(be)
+    calls = []
+    inner_gemm = timer.inner.gemm
+    monkeypatch.setattr(timer, "inner", type("Spy", (), {
+        "gemm": lambda self, *a: calls.append(1) or inner_gemm(*a),
+        "__getattr__": lambda self, name: getattr(be, name)})())
+    before = dict(ne.STATS)
+    with net.redirected(timer):
+        net.fit(X, y, epochs=1, batch_size=16)
+    assert ne.STATS["compiled_epochs"] == before["compiled_epochs"]
     assert len(calls) == 4 * 5         # 4 steps x (2 forward, 1 delta, 2 fused gradient GEMMs)
+    assert timer.seconds > 0 and "gemm" not in vars(be)
+    assert net.backend is be and net.steps == 0          # redirected restores both
 
 
 def test_no_cblas_falls_back_and_trains_as_per_step(monkeypatch):
@@ -293,8 +296,9 @@ def test_unknown_op_falls_back_augmentation(monkeypatch):
 
 def test_default_mode_leaves_small_uncompiled_epochs_to_the_steps(monkeypatch):
     monkeypatch.delenv(ne.ENV, raising=False)
-    monkeypatch.setattr(ne, "_cache_dir", lambda: str(_empty_dir()))
-    monkeypatch.setattr(ne, "_COMPILED", {})
+    from bpgpu.backends import numba_cache
+    monkeypatch.setattr(numba_cache, "cache_dir", lambda: str(_empty_dir()))
+    monkeypatch.setattr(numba_cache, "_COMPILED", {})
     X, y = _data(40)
     net = bpgpu.MLP([12, 4, 3], backend="numba")
     opt = make_optimizer("sgd", net.backend, net.n_params, net.dtype, lr=0.1)

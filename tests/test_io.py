@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import bpgpu
+from bpgpu import files as bfiles
 from bpgpu import io as bio
 
 from .conftest import TOL
@@ -42,7 +43,7 @@ def test_failed_write_leaves_old_file_untouched(tmp_path):
         f.write(b"half")
         raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
-        bio.atomic_write(path, boom)
+        bfiles.atomic_write(path, boom)
     assert path.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["m.npz"]
 
@@ -183,7 +184,7 @@ def test_new_files_get_the_umask_mode(tmp_path, umask, mask, want):
     umask(mask)
     model, record = tmp_path / "m.npz", tmp_path / "r.json"
     bpgpu.MLP([4, 3, 2]).save(model)
-    bio.atomic_write(record, lambda f: f.write(b"{}\n"))
+    bfiles.atomic_write(record, lambda f: f.write(b"{}\n"))
     assert _mode(model) == want and _mode(record) == want
 
 
@@ -217,8 +218,8 @@ def test_data_then_rename_then_directory_are_synced(tmp_path, monkeypatch):
     def replace(src, dst):
         events.append("rename")
         real_replace(src, dst)
-    monkeypatch.setattr(bio.os, "fsync", fsync)
-    monkeypatch.setattr(bio.os, "replace", replace)
-    bio.atomic_write(tmp_path / "x.bin", lambda f: f.write(b"data"))
+    monkeypatch.setattr(bfiles.os, "fsync", fsync)
+    monkeypatch.setattr(bfiles.os, "replace", replace)
+    bfiles.atomic_write(tmp_path / "x.bin", lambda f: f.write(b"data"))
     assert events == ["fsync file", "rename", "fsync dir"]
     assert (tmp_path / "x.bin").read_bytes() == b"data"

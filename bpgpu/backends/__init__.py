@@ -42,7 +42,7 @@ REGISTRY = {
 }
 _AUTO_ORDER = ("cupy", "numba", "numpy")
 _instances: dict[str, Backend] = {}
-_default: list[str] = []
+_default: list[Backend] = []       # use_backend's stack: the backend "auto" means there
 
 
 @dataclass(frozen=True)

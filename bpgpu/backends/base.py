@@ -72,16 +72,26 @@ class Backend:
         """One line saying what this backend runs on."""
         return f"{self.name} ({self.xp.__name__} {self.xp.__version__})"
 
-    def warmup(self, dtypes=("float32", "float64")) -> dict:
-        """Compile (or load from a cache) everything a training step runs, before any timing.
+    def load_kernels(self, dtypes=("float32", "float64")) -> None:
+        """Compile (or load from a cache) the kernels this backend can prepare without a model,
+        for ``dtypes``. The reference has none. :func:`bpgpu.warmup.warmup` calls it, then
+        trains tiny models so that everything a training step runs is compiled."""
 
-        Returns
-        -------
-        dict
-            ``seconds`` (wall time), ``kernels`` (how many compiled objects), ``cache_hits`` and
-            ``compiled`` (loaded from a cache vs compiled now). The reference compiles nothing.
-        """
-        return {"seconds": 0.0, "kernels": 0, "cache_hits": 0, "compiled": 0}
+    def compile_stats(self) -> dict:
+        """What this backend has compiled so far: ``kernels`` (compiled objects), ``cache_hits``
+        and ``compiled`` (loaded from a cache vs compiled now); a backend that compiles epochs
+        adds ``compiled_epochs``. The reference compiles nothing."""
+        return {"kernels": 0, "cache_hits": 0, "compiled": 0}
+
+    def compiles_epochs(self) -> bool:
+        """Whether :meth:`compiled_epoch` may return a runner here at all. The reference: no."""
+        return False
+
+    @contextlib.contextmanager
+    def compiled_epoch_mode(self, mode: str):
+        """Within the block :meth:`compiled_epoch` follows ``mode``: "0" never, "1" always,
+        "auto" by the backend's own rule. The reference has no compiled epochs."""
+        yield
 
     # ------------------------------------------------------------------ memory and transfer
     def empty(self, shape, dtype):
@@ -433,8 +443,8 @@ class Backend:
         a : array, shape (B, n)
             Activations (left unchanged: the backward pass needs them for the derivative).
         uniform : array, shape (B, n)
-            Uniform [0, 1) numbers drawn on the host from the model's generator (so every backend
-            drops the same units), already on the device.
+            Uniform [0, 1) numbers of the step's dropout stream (:meth:`random_uniform`, drawn
+            on the device from a counter-based stream, so every backend drops the same units).
         rate : float
             Probability of dropping a unit, in [0, 1).
         mask : array, shape (B, n), dtype of ``a``

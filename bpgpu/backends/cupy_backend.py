@@ -4,7 +4,7 @@
 Data and parameters live on the device. Every GEMM is one ``cublasGemmEx`` call with BLAS's
 ``alpha`` and ``beta`` (so plain SGD runs inside the gradient GEMMs: :meth:`fuses_sgd`), and every
 elementwise or per-row op is one launch of a kernel from ``fused.cu``, compiled once per process
-(on first use, or by :meth:`warmup` before anything is timed) and looked up once. A launch is
+(on first use, or by :meth:`load_kernels` before anything is timed) and looked up once. A launch is
 validated as a whole -- one float dtype, the shapes that belong together, every array
 C-contiguous -- because a raw kernel ignores strides and checks no bounds; anything else goes to
 the reference ops of :class:`Backend` on cupy. Constructing the backend without a working device
@@ -27,15 +27,15 @@ whether they run on a GPU is for the GPU-marked tests (``bash bench/gpu.sh``) to
 from __future__ import annotations
 
 import collections
-import time
 import weakref
 from importlib import resources
 
 import numpy as np
 
 from .. import _compat
-from ..activations import ACT_CODES, LOSS_CODES
 from ..errors import BackendUnavailable, ConfigError
+from ..kernels import launch
+from ..kernels.codes import ACT_CODES, LOSS_CODES
 from .base import EXP_LIMIT, LOG_CLIP, Backend
 
 __all__ = ["CupyBackend", "KERNEL_NAMES", "TEMPLATE_KERNELS", "PLAIN_KERNELS", "kernel_source",
@@ -69,7 +69,7 @@ def kernel_source() -> str:
 
 def compile_options() -> tuple[str, ...]:
     """Options for compiling ``fused.cu``: the C++ standard and the activation and loss codes of
-    :data:`bpgpu.activations.ACT_CODES` / ``LOSS_CODES`` as ``-D`` defines (the one table of them).
+    :data:`bpgpu.kernels.codes.ACT_CODES` / ``LOSS_CODES`` as ``-D`` defines (the one table of them).
     NVRTC (through CuPy), the nvcc test and the host emulation all use exactly these."""
     defines = [f"-DBPGPU_ACT_{name.upper()}={code}" for name, code in ACT_CODES.items()]
     defines += [f"-DBPGPU_LOSS_{name.upper()}={code}" for name, code in LOSS_CODES.items()]
@@ -159,6 +159,16 @@ def _ok_acc(acc):
     return acc.dtype == _F64 and acc.ndim == 1 and acc.size >= 1 and acc._c_contiguous
 
 
+def _contiguous(a) -> bool:
+    """C-contiguity as CuPy reports it (its flag, read without building a flags object)."""
+    return a._c_contiguous
+
+
+def _index(idx) -> bool:
+    """An index array the CUDA kernels read: contiguous int64."""
+    return idx.dtype == np.int64 and idx._c_contiguous
+
+
 def _overlap(x, y):
     lo, hi = x.data.ptr, x.data.ptr + x.nbytes
     return lo < y.data.ptr + y.nbytes and y.data.ptr < hi
@@ -238,43 +248,22 @@ class CupyBackend(Backend):
         self._function(name, dtype)((grid,), (_BLOCK,), args)
         self._launches[name] += 1
 
-    def warmup(self, dtypes=("float32", "float64")) -> dict:
-        """Compile fused.cu, load every kernel, check the cuBLAS path, and run one tiny training
-        step of every configuration (so CuPy's own kernels that training uses are compiled too),
-        before anything is timed.
-
-        Returns
-        -------
-        dict
-            ``seconds``; ``kernels``: kernel functions loaded; ``compiled``: the same count (CuPy
-            does not say whether NVRTC ran or its disk cache answered: the seconds tell);
-            ``cache_hits``: 0.
-        """
-        t0 = time.perf_counter()
-        dts = [np.dtype(d) for d in dtypes]
-        for dt in dts:
+    def load_kernels(self, dtypes=("float32", "float64")) -> None:
+        """Compile fused.cu (or load it from CuPy's cache), look up every kernel and check the
+        cuBLAS path for ``dtypes`` now, before anything is timed (:func:`bpgpu.warmup.warmup`
+        then runs tiny training steps, so CuPy's own kernels that training uses compile too)."""
+        for dt in (np.dtype(d) for d in dtypes):
             for name in TEMPLATE_KERNELS:
                 self._function(name, dt)
             self._gemm_works(dt)
         self._function("random_uniform", _F32)
-        from ..mlp import MLP
-        rng = np.random.default_rng(0)
-        X = rng.integers(0, 256, (8, 6), dtype=np.uint8)
-        labels = rng.integers(0, 3, 8)
-        for dt in dts:
-            for act, out, loss in (("sigmoid", "softmax", "ce"), ("tanh", "sigmoid", "bce"),
-                                   ("relu", "identity", "mse")):
-                net = MLP([6, 5, 3], activation=act, output=out, loss=loss, dtype=dt.name,
-                          backend=self, seed=0)
-                targets = labels if loss == "ce" else rng.uniform(0.1, 0.9, (8, 3))
-                for opt in ("sgd", "momentum", "nesterov", "adam"):
-                    net.fit(X, targets, epochs=1, batch_size=4, optimizer=opt, lr=0.01,
-                            dropout=0.1)
-                net.evaluate(X, targets)
-        self.synchronize()
+
+    def compile_stats(self) -> dict:
+        """``kernels``: kernel functions loaded; ``compiled``: the same count (CuPy does not say
+        whether NVRTC ran or its disk cache answered: a warm-up's seconds tell); ``cache_hits``:
+        0."""
         n = len(self._functions)
-        return {"seconds": time.perf_counter() - t0, "kernels": n, "compiled": n,
-                "cache_hits": 0}
+        return {"kernels": n, "compiled": n, "cache_hits": 0}
 
     # ------------------------------------------------------------------ cuBLAS
     def _gemm_ex(self, a_ptr, lda, trans_a, b_ptr, ldb, trans_b, c_ptr, m, n, k, alpha, beta,
@@ -477,15 +466,8 @@ class CupyBackend(Backend):
         scaled = data.dtype == np.uint8
         height, width, translate = int(height), int(width), int(translate)
         rows = out.shape[0] if out.ndim == 2 else -1
-        if not (out.dtype in _CTYPE and out.ndim == 2 and data.ndim == 2 and idx.ndim == 1
-                and idx.dtype == np.int64 and out.shape == (idx.shape[0], height * width)
-                and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
-                and uniform.dtype == _F32 and uniform.shape == (rows, 8)
-                and (field is None or (field.dtype == out.dtype
-                                       and field.shape == (rows, 2, height, width)
-                                       and field._c_contiguous))
-                and translate >= 0 and out._c_contiguous and data._c_contiguous
-                and idx._c_contiguous and uniform._c_contiguous):
+        if not launch.fits_augmented_gather(data, idx, out, uniform, field, height, width,
+                                            translate, contiguous=_contiguous, index=_index):
             return super().gather_augmented(data, idx, out, uniform, field, height, width,
                                             translate, rotate, zoom, shear, flip, scale, shift)
         self._check_indices(idx, data.shape[0])

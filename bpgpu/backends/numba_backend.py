@@ -1,89 +1,29 @@
 """The Numba backend: numpy's ops, with the fused one-pass kernels of ``kernels/cpu.py``.
 
-GEMMs stay on BLAS (numpy's matmul). Everything between them runs as one Numba kernel per op
-instead of several numpy passes. Threading, as measured (bench/NOTES.md steps 8 and 10): BLAS uses
-one thread up to batch 16 and all cores above; the kernels run serially on machines with at most
-``SERIAL_MAX_CORES`` cores (a thread pool spinning beside BLAS cost more than it saved), and in
-parallel for arrays of at least ``PARALLEL_MIN`` elements above batch 16 on bigger machines. Arrays
-the kernels do not cover (other dtypes, non-contiguous views) go to the numpy implementation.
+GEMMs stay on BLAS (numpy's matmul; with alpha and beta, one CBLAS call of numpy's own BLAS).
+Everything between them runs as one Numba kernel per op instead of several numpy passes. Each
+fast path's condition is a function of ``kernels/launch.py`` (the compiled epoch's lowering calls
+the same one); arrays it does not cover (other dtypes, non-contiguous views) go to the numpy
+implementation. Which threads run what is :mod:`bpgpu.backends.threads`; an epoch of steps runs
+as one compiled call through :meth:`NumbaBackend.compiled_epoch` (:mod:`bpgpu.backends.numba_epoch`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 
 from .._compat import numba_status
 from ..errors import BackendUnavailable
+from ..kernels import launch
+from ..kernels.codes import ACT_CODES, LOSS_CODES
 from .base import EXP_LIMIT, LOG_CLIP
+from .numba_cache import cache_status
 from .numpy_backend import NumpyBackend
+from .threads import PARALLEL_MIN, SERIAL_MAX_CORES, cores, kernel_threads_for
 
-__all__ = ["NumbaBackend", "PARALLEL_MIN"]
-
-#: Arrays with at least this many elements use the parallel kernels (when threads > 1).
-PARALLEL_MIN = 1 << 16
-#: On machines with at most this many cores the kernels always run serially (measured).
-SERIAL_MAX_CORES = 2
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _ok(*arrays):
-    """True when one kernel launch can take all these arrays together: one float dtype (float32
-    or float64) for all of them, every one C-contiguous, and all of the first one's shape. A
-    kernel indexes without bounds checks, so a launch is validated as a whole, never array by
-    array; anything else goes to the numpy reference (which casts, broadcasts or raises). A plain
-    loop: this runs a dozen times per training step, and a generator costs ~1 us more per call."""
-    first = arrays[0]
-    dtype, shape = first.dtype, first.shape
-    if dtype not in _FLOATS:
-        return False
-    for a in arrays:
-        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
-            return False
-    return True
-
-
-def _ok_rows(z, vector):
-    """``z`` (B, n) and ``vector`` (n,): one float dtype, both C-contiguous."""
-    return (z.ndim == 2 and z.dtype in _FLOATS and vector.dtype == z.dtype
-            and vector.shape == (z.shape[1],) and z.flags.c_contiguous
-            and vector.flags.c_contiguous)
-
-
-def _ok_augment(data, idx, out, uniform, field, height, width, translate):
-    """The augmented gather's arrays fit its kernel (kernels/augment.py) together: ``out``
-    (B, height*width) float, ``data`` rows of as many pixels (uint8 or out's dtype), integer
-    ``idx`` (B,), float32 ``uniform`` (B, 8), ``field`` None or (B, 2, height, width) of out's
-    dtype, everything C-contiguous, ``translate >= 0``."""
-    scaled = data.dtype == np.uint8
-    return (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
-            and idx.dtype.kind in "iu" and out.shape == (idx.shape[0], height * width)
-            and data.shape[1] == height * width and (scaled or data.dtype == out.dtype)
-            and uniform.dtype == np.float32 and uniform.shape == (out.shape[0], 8)
-            and (field is None or (field.dtype == out.dtype
-                                   and field.shape == (out.shape[0], 2, height, width)
-                                   and field.flags.c_contiguous))
-            and translate >= 0 and out.flags.c_contiguous and data.flags.c_contiguous
-            and uniform.flags.c_contiguous)
-
-
-def cache_status() -> str:
-    """Whether compiled kernels are on disk (Numba's cache next to kernels/cpu.py, or
-    $NUMBA_CACHE_DIR), without importing numba."""
-    import glob
-    from importlib import resources
-    roots = [os.environ.get("NUMBA_CACHE_DIR", "")]
-    try:
-        roots.append(os.path.join(str(resources.files("bpgpu.kernels")), "__pycache__"))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    found = [f for r in roots if r for pattern in ("cpu.*.nbi", "blas.*.nbi")
-             for f in glob.glob(os.path.join(r, "**", pattern), recursive=True)]
-    if not found:
-        return "kernels not compiled yet: the first run compiles them (~8 s), or run bpgpu warmup"
-    return f"{len(found)} compiled kernels cached on disk"
+__all__ = ["NumbaBackend"]
 
 
 class NumbaBackend(NumpyBackend):
@@ -104,73 +44,45 @@ class NumbaBackend(NumpyBackend):
         self._fused: dict = {}
         self._numba = numba
         self._k = cpu.KERNELS
-        self._act = cpu.ACT_CODES
-        self._loss = cpu.LOSS_CODES
 
     def describe(self) -> str:
-        cores = os.cpu_count() or 1
-        mode = ("serial kernels" if cores <= SERIAL_MAX_CORES
+        n = cores()
+        mode = ("serial kernels" if n <= SERIAL_MAX_CORES
                 else f"parallel kernels above batch {self.single_thread_max_batch}")
-        return f"numba {self._numba.__version__} ({mode} on {cores} cores; {cache_status()})"
+        return f"numba {self._numba.__version__} ({mode} on {n} cores; {cache_status()})"
 
     # ------------------------------------------------------------------ compilation
-    def warmup(self, dtypes=("float32", "float64")) -> dict:
-        """Compile (or load from Numba's on-disk cache) every kernel the model uses, and the
-        compiled epochs of the textbook network (sigmoid hidden, softmax, cross-entropy, plain
-        SGD, with and without training metrics).
-
-        Returns
-        -------
-        dict
-            ``seconds`` (wall time), ``kernels`` (how many dispatchers), ``cache_hits`` and
-            ``compiled`` (signatures loaded from the cache vs compiled now), ``epochs`` (compiled
-            epochs ready: compiled now or loaded).
-        """
-        import time
-
+    def compile_stats(self) -> dict:
+        """``kernels`` (dispatchers), ``cache_hits`` and ``compiled`` (signatures loaded from
+        Numba's disk cache vs compiled in this process), ``compiled_epochs`` (epochs run as one
+        compiled call so far)."""
         from . import numba_epoch
-        t0 = time.perf_counter()
-        model_mod = __import__("bpgpu.mlp", fromlist=["MLP"])
-        rng = np.random.default_rng(0)
-        X = rng.integers(0, 256, (8, 6), dtype=np.uint8)
-        y = rng.integers(0, 3, 8)
-        with numba_epoch.override("0"):            # every kernel, through the per-step path
-            for dtype in dtypes:
-                for act, out, loss in (("sigmoid", "softmax", "ce"), ("tanh", "sigmoid", "bce"),
-                                       ("relu", "identity", "mse")):
-                    net = model_mod.MLP([6, 5, 3], activation=act, output=out, loss=loss,
-                                        dtype=dtype, backend=self, seed=0)
-                    targets = y if loss == "ce" else rng.uniform(0.1, 0.9, (8, 3))
-                    for opt in ("sgd", "momentum", "nesterov", "adam"):
-                        net.fit(X, targets, epochs=1, batch_size=4, optimizer=opt, lr=0.01,
-                                dropout=0.1)
-                    net.evaluate(X, targets)
-        before = numba_epoch.STATS["compiled_epochs"]
-        with numba_epoch.override("1" if numba_epoch.enabled() else "0"):
-            for dtype in dtypes:
-                net = model_mod.MLP([6, 5, 3], dtype=dtype, backend=self, seed=0)
-                for metrics in (True, False):
-                    net.fit(X, y, epochs=1, batch_size=4, train_metrics=metrics)
         hits = compiled = 0
         dispatchers = [d for pair in self._k.values() for d in set(pair)]
         for dispatcher in dispatchers + [self._blas.gemm, self._blas.gemv]:
             hits += sum(dispatcher.stats.cache_hits.values())
             compiled += sum(dispatcher.stats.cache_misses.values())
-        return {"seconds": time.perf_counter() - t0, "kernels": len(self._k),
-                "cache_hits": hits, "compiled": compiled,
-                "epochs": numba_epoch.STATS["compiled_epochs"] - before}
+        return {"kernels": len(self._k), "cache_hits": hits, "compiled": compiled,
+                "compiled_epochs": numba_epoch.STATS["compiled_epochs"]}
+
+    def compiles_epochs(self) -> bool:
+        """True unless ``BPGPU_COMPILED_EPOCH=0`` (:func:`numba_epoch.enabled`)."""
+        from . import numba_epoch
+        return numba_epoch.enabled()
+
+    @contextlib.contextmanager
+    def compiled_epoch_mode(self, mode: str):
+        """Within the block compiled epochs are off ("0"), always used ("1") or chosen by size
+        ("auto"), whatever ``BPGPU_COMPILED_EPOCH`` says (:func:`numba_epoch.override`)."""
+        from . import numba_epoch
+        with numba_epoch.override(mode):
+            yield
 
     # ------------------------------------------------------------------ threading
     def _kernel_threads_for(self, batch_size: int) -> int:
-        """Numba threads used at this batch size (1: the serial kernels).
-
-        Measured on 2 cores (bench/NOTES.md): serial kernels were as fast as parallel ones at
-        every batch size, and a thread pool spinning beside BLAS slowed GEMMs 5x at batch 1024,
-        so with <= SERIAL_MAX_CORES cores every kernel runs serially.
-        """
-        if batch_size <= self.single_thread_max_batch or (os.cpu_count() or 1) <= SERIAL_MAX_CORES:
-            return 1
-        return self._numba.get_num_threads()
+        """Numba threads used at this batch size (1: the serial kernels; see
+        :func:`bpgpu.backends.threads.kernel_threads_for`)."""
+        return kernel_threads_for(batch_size, self.single_thread_max_batch, self._numba)
 
     def thread_plan(self, batch_size: int) -> dict:
         return dict(super().thread_plan(batch_size),
@@ -195,7 +107,7 @@ class NumbaBackend(NumpyBackend):
             return parallel
         return serial
 
-    _parallel_ok = (os.cpu_count() or 1) > SERIAL_MAX_CORES
+    _parallel_ok = cores() > SERIAL_MAX_CORES
 
     # ------------------------------------------------------------------ the compiled epoch
     def compiled_epoch(self, model, ws, X_dev, T_dev, optimizer, **step_options):
@@ -230,8 +142,7 @@ class NumbaBackend(NumpyBackend):
         if alpha == 1.0 and beta == 0.0:
             return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
         blas = self._fused_blas(out.dtype)
-        if (blas is None or not a.dtype == b.dtype == out.dtype or not a.flags.c_contiguous
-                or not b.flags.c_contiguous or not out.flags.c_contiguous):   # BLAS checks shapes
+        if blas is None or not launch.fits_blas_call(a, b, out):   # BLAS checks the shapes
             return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
         t = out.dtype.type
         self._blas.gemm(blas[0], blas[2], a, b, out, trans_a, trans_b, t(alpha), t(beta))
@@ -240,7 +151,7 @@ class NumbaBackend(NumpyBackend):
     # ------------------------------------------------------------------ fused ops
     def bias_activation(self, z, bias, activation: str):
         """One fused pass per activation (kernels/cpu.py; exp and tanh vectorised in the loop)."""
-        if not _ok_rows(z, bias):
+        if not launch.rows_and_vector(z, bias):
             return super().bias_activation(z, bias, activation)
         k = self._kernel
         n = z.size
@@ -261,17 +172,17 @@ class NumbaBackend(NumpyBackend):
     def activation_backward(self, delta, a, activation: str):
         if activation == "identity":
             return delta
-        if not _ok(delta, a) or delta.ndim != 2 or activation not in self._act:
+        if not launch.fits_rows(delta, a) or activation not in ACT_CODES:
             return super().activation_backward(delta, a, activation)
-        self._kernel("activation_backward", delta.size)(delta, a, self._act[activation])
+        self._kernel("activation_backward", delta.size)(delta, a, ACT_CODES[activation])
         return delta
 
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if not _ok(a, y, delta) or a.ndim != 2 or loss not in self._loss:
+        if not launch.fits_rows(a, y, delta) or loss not in LOSS_CODES:
             return super().output_delta(a, y, delta, output, loss, loss_acc)
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
         total = self._kernel("output_delta", a.size)(
-            a, y, delta, self._act[output], self._loss[loss], tiny, one_minus_eps,
+            a, y, delta, ACT_CODES[output], LOSS_CODES[loss], tiny, one_minus_eps,
             loss_acc is not None)
         if loss_acc is not None:
             loss_acc += total
@@ -280,7 +191,7 @@ class NumbaBackend(NumpyBackend):
     def column_sums(self, d, out, alpha: float = 1.0, beta: float = 0.0):
         """Small: one Numba pass with alpha and beta; large: one BLAS GEMV on every core (with
         alpha and beta when numpy's CBLAS was found)."""
-        if not _ok_rows(d, out):
+        if not launch.rows_and_vector(d, out):
             return super().column_sums(d, out, alpha, beta)
         t = out.dtype.type
         if d.size < PARALLEL_MIN:
@@ -295,17 +206,14 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def count_correct(self, a, y, acc):
-        if not _ok(a, y) or a.ndim != 2:
+        if not launch.fits_rows(a, y):
             return super().count_correct(a, y, acc)
         acc += self._kernel("count_correct", a.size)(a, y)
         return acc
 
     def gather_rows(self, data, idx, out, scale: float = 1.0, shift: float = 0.0):
         scaled = data.dtype == np.uint8
-        if not (out.dtype in _FLOATS and out.ndim == data.ndim == 2 and idx.ndim == 1
-                and idx.dtype.kind in "iu" and out.shape == (idx.shape[0], data.shape[1])
-                and (scaled or data.dtype == out.dtype) and out.flags.c_contiguous
-                and data.flags.c_contiguous):
+        if not launch.fits_gather(data, idx, out):
             return super().gather_rows(data, idx, out, scale, shift)
         t = out.dtype.type
         bad = self._kernel("gather", out.size)(data, idx, out, t(scale), t(shift), scaled)
@@ -315,7 +223,7 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def random_uniform(self, out, key, counter, offset: int = 0):
-        if not (out.dtype == np.float32 and out.flags.c_contiguous):
+        if not launch.fits_random_uniform(out):
             return super().random_uniform(out, key, counter, offset)
         words = np.array([int(k) % (1 << 64) for k in key] + [int(c) % (1 << 64) for c in counter],
                          np.uint64)
@@ -324,8 +232,7 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def dropout_forward(self, a, uniform, rate: float, mask, out):
-        if not (_ok(a, mask, out) and uniform.dtype == np.float32 and uniform.shape == a.shape
-                and uniform.flags.c_contiguous and a.ndim == 2):
+        if not launch.fits_dropout_forward(a, uniform, mask, out):
             return super().dropout_forward(a, uniform, rate, mask, out)
         t = a.dtype.type
         self._kernel("dropout_forward", a.size)(a, uniform, np.float32(rate),
@@ -333,13 +240,13 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def dropout_backward(self, delta, mask):
-        if not _ok(delta, mask) or delta.ndim != 2:
+        if not launch.fits_rows(delta, mask):
             return super().dropout_backward(delta, mask)
         self._kernel("multiply_inplace", delta.size)(delta, mask)
         return delta
 
     def sgd_update(self, params, grads, lr: float, weight_decay: float = 0.0, n_decay: int = 0):
-        if not _ok(params, grads) or params.ndim != 1 or not 0 <= n_decay <= params.size:
+        if not launch.fits_flat_update(n_decay, params, grads):
             return super().sgd_update(params, grads, lr, weight_decay, n_decay)
         t = params.dtype.type
         self._kernel("sgd_update", params.size)(params, grads, t(lr), t(weight_decay), n_decay)
@@ -347,7 +254,7 @@ class NumbaBackend(NumpyBackend):
 
     def momentum_update(self, params, grads, velocity, lr: float, momentum: float,
                         weight_decay: float = 0.0, n_decay: int = 0, nesterov: bool = False):
-        if not _ok(params, grads, velocity) or params.ndim != 1 or not 0 <= n_decay <= params.size:
+        if not launch.fits_flat_update(n_decay, params, grads, velocity):
             return super().momentum_update(params, grads, velocity, lr, momentum, weight_decay,
                                            n_decay, nesterov)
         t = params.dtype.type
@@ -357,7 +264,7 @@ class NumbaBackend(NumpyBackend):
 
     def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
                     step: int, weight_decay: float = 0.0, n_decay: int = 0):
-        if not _ok(params, grads, m, v) or params.ndim != 1 or not 0 <= n_decay <= params.size:
+        if not launch.fits_flat_update(n_decay, params, grads, m, v):
             return super().adam_update(params, grads, m, v, lr, beta1, beta2, eps, step,
                                        weight_decay, n_decay)
         t = params.dtype.type
@@ -375,7 +282,8 @@ class NumbaBackend(NumpyBackend):
                          shift: float = 0.0):
         scaled = data.dtype == np.uint8
         height, width, translate = int(height), int(width), int(translate)
-        if not _ok_augment(data, idx, out, uniform, field, height, width, translate):
+        if not launch.fits_augmented_gather(data, idx, out, uniform, field, height, width,
+                                            translate):
             return super().gather_augmented(data, idx, out, uniform, field, height, width,
                                             translate, rotate, zoom, shear, flip, scale, shift)
         from bpgpu.kernels import augment

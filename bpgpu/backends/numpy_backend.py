@@ -1,39 +1,36 @@
 """The NumPy backend: the reference ops of :class:`Backend` on the CPU, with BLAS threads chosen
 deliberately.
 
-On a small machine the GEMMs of an MLP step are small (784x100 at batch 64 is ~10 MFLOP), and a
-multi-threaded BLAS spends more on waking threads than it gains; :meth:`compute_threads` picks one
-BLAS thread for small batches and all cores for large ones (measured in bench/NOTES.md).
+On a small machine the GEMMs of an MLP step are small and a multi-threaded BLAS spends more on
+waking threads than it gains: :meth:`compute_threads` runs BLAS on one thread up to
+:data:`SINGLE_THREAD_MAX_BATCH` rows and on every core above (the policy is
+:mod:`bpgpu.backends.threads`, measured in bench/NOTES.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 
-from .._compat import optional_import
 from .base import Backend
+from .threads import blas_threads, blas_threads_for
 
-__all__ = ["NumpyBackend", "blas_info"]
+__all__ = ["NumpyBackend", "SINGLE_THREAD_MAX_BATCH"]
 
 #: At or below this batch size one BLAS thread is faster than several (bench/NOTES.md steps 4, 15).
 SINGLE_THREAD_MAX_BATCH = 32
 
 
-def blas_info() -> list[dict]:
-    """The BLAS libraries numpy uses, with their thread counts (empty without threadpoolctl)."""
-    tpc = optional_import("threadpoolctl")
-    if tpc is None:
-        return []
-    return [{"api": i.get("internal_api"), "version": i.get("version"),
-             "threads": i.get("num_threads"), "library": os.path.basename(i.get("filepath", ""))}
-            for i in tpc.threadpool_info() if i.get("user_api") == "blas"]
-
-
 class NumpyBackend(Backend):
-    """NumPy on the CPU; ops from :class:`Backend`, BLAS threads set per batch size."""
+    """NumPy on the CPU; ops from :class:`Backend`, BLAS threads set per batch size.
+
+    Parameters
+    ----------
+    blas_threads : "auto", int or None
+        BLAS threads in training: "auto" chooses by batch size, a number fixes it, None leaves
+        BLAS as it is.
+    """
 
     name = "numpy"
     xp = np
@@ -50,11 +47,7 @@ class NumpyBackend(Backend):
 
     def _blas_threads_for(self, batch_size: int) -> int | None:
         """BLAS threads to use for a step of ``batch_size`` rows (None: leave as it is)."""
-        if self.blas_threads in (None, "none"):
-            return None
-        if self.blas_threads == "auto":
-            return 1 if batch_size <= self.single_thread_max_batch else (os.cpu_count() or 1)
-        return int(self.blas_threads)
+        return blas_threads_for(self.blas_threads, batch_size, self.single_thread_max_batch)
 
     def thread_plan(self, batch_size: int) -> dict:
         n = self._blas_threads_for(batch_size)
@@ -64,12 +57,7 @@ class NumpyBackend(Backend):
     def compute_threads(self, batch_size: int):
         """Context in which BLAS uses :meth:`thread_plan` ``(batch_size)`` threads.
 
-        Needs threadpoolctl (in the ``dev``/``cpu`` extras); without it, threads are left alone.
+        Needs threadpoolctl (in the ``dev``/``cli`` extras); without it, threads are left alone.
         """
-        n = self._blas_threads_for(batch_size)
-        tpc = optional_import("threadpoolctl") if n is not None else None
-        if tpc is None:
-            yield None
-            return
-        with tpc.threadpool_limits(limits=n, user_api="blas"):
+        with blas_threads(self._blas_threads_for(batch_size)) as n:
             yield n

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import time
 
 import numpy as np

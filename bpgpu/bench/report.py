@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 
-from ..io import atomic_write
+from ..errors import UsageError
+from ..files import atomic_write
 
 __all__ = ["markdown_table", "machine_lines", "write_json", "write_markdown", "plot_rows",
-           "update_readme", "README_MARKER"]
+           "update_readme", "check_readme", "README_MARKER", "progress_line",
+           "time_to_accuracy_table"]
 
 README_MARKER = "<!-- bench-table -->"
 #: The JAX peer's forms: row-key prefix and column/legend label (bpgpu.bench.jax_ref).
@@ -68,6 +70,31 @@ def _jax_cells(r) -> str:
         v = r.get(f"vs_{prefix}")
         cells += f" {_fmt(v, '.2f')}{'' if v is None else '×'} |"
     return cells
+
+
+def progress_line(row, vs_backend=None) -> str:
+    """One line per measured row while a benchmark runs: samples/s and the ratios measured."""
+    ratio = f"  {row['vs_torch']:.2f}x torch" if row.get("vs_torch") else ""
+    for form in ("scan", "step"):
+        if row.get(f"vs_jax_{form}"):
+            ratio += f"  {row[f'vs_jax_{form}']:.2f}x jax {form}"
+    if row.get("jax_missing"):
+        ratio += f"  (no jax: {row['jax_missing']})"
+    if vs_backend and row.get(f"vs_{vs_backend}"):
+        ratio += f"  {row[f'vs_{vs_backend}']:.2f}x {vs_backend}"
+    return (f"  {row['backend']:<6} {row['sizes']:<16} batch {row['batch']:<5} "
+            f"{row['samples_per_s'] / 1e3:8.1f}k samples/s{ratio}")
+
+
+def time_to_accuracy_table(results, recipe) -> str:
+    """The Markdown block of time-to-accuracy results (``results``: rows of
+    :func:`bpgpu.bench.runner.time_to_accuracy`, all for ``recipe``)."""
+    return ("\n\nTime to 98.0 % MNIST test accuracy (recipe "
+            f"{json.dumps(recipe)}, data in memory, evaluation after every epoch "
+            "included):\n\n| backend | seconds | epochs | test accuracy |\n|---|---|---|---|\n"
+            + "\n".join(f"| {t['backend']} | {t['seconds']:.2f} | {t['epochs']} | "
+                        f"{t['accuracy']:.4f}{'' if t['reached'] else ' (not reached)'} |"
+                        for t in results))
 
 
 def machine_lines(machine) -> str:
@@ -137,15 +164,29 @@ def plot_rows(rows, path):
     plt.close(fig)
 
 
+def check_readme(readme) -> str:
+    """The text of ``readme`` if its benchmark block can be replaced (a UTF-8 file with the
+    :data:`README_MARKER` line); otherwise a UsageError saying why (checked before a run)."""
+    try:
+        with open(readme, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"--update-readme {readme}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--update-readme {readme}: not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"--update-readme {readme}: {exc.strerror or exc}") from None
+    if README_MARKER not in text:
+        raise UsageError(f"--update-readme {readme}: it has no {README_MARKER} line")
+    return text
+
+
 def update_readme(readme, markdown_path, plot_path, rows, machine,
                   command="bpgpu bench --quick --vs torch --update-readme"):
     """Replace everything after the README's bench marker with the latest table and chart;
     ``command`` is the invocation shown above the table."""
-    with open(readme) as f:
-        text = f.read()
-    if README_MARKER not in text:
-        raise ValueError(f"{readme} has no {README_MARKER} line")
-    head = text.split(README_MARKER)[0]
+    head = check_readme(readme).split(README_MARKER)[0]
     block = (f"{README_MARKER}\nLatest run (`{command}`), "
              f"float32, one MNIST epoch per repeat, training metrics off on every side:\n\n"
              f"{machine_lines(machine)}\n\n{markdown_table(rows)}\n\n"

@@ -26,10 +26,16 @@ from ..backends import get_backend
 from ..mlp import MLP
 from .jax_ref import FORMS as JAX_FORMS
 from .jax_ref import JaxTrainer, jax_status, jax_unsupported
+from .timing import GemmTimer
 from .torch_ref import TorchTrainer, torch_status
 from .workload import gemm_flops, step_bytes, step_flops
 
-__all__ = ["BenchCase", "run_case", "run_matrix", "gemm_ceiling", "time_to_accuracy"]
+__all__ = ["BenchCase", "run_case", "run_matrix", "gemm_ceiling", "time_to_accuracy",
+           "TTA_RECIPE"]
+
+#: The time-to-accuracy recipe: the fastest found on the 2-core CPU (bench/NOTES.md).
+TTA_RECIPE = dict(sizes=[784, 256, 10], activation="relu", init="he", optimizer="momentum",
+                  lr=0.05, momentum=0.9, batch=128)
 
 
 @dataclass(frozen=True)
@@ -66,38 +72,21 @@ def gemm_ceiling(backend_name, dtype="float32", n=2048, repeats=5) -> float:
 
 
 def _instrumented_epoch(net, X, y, batch):
-    """One epoch with the backend's gemm timed and allocations traced: (seconds inside gemm,
-    seconds of the epoch, peak traced bytes). A wrapped gemm makes the numba backend run the
-    epoch step by step (its compiled epoch would bypass the timer): the GEMM seconds are those
-    of the same BLAS calls either way."""
-    be = net.backend
-    gemm_time = [0.0]
-    original = be.gemm
-    sync = be.name == "cupy"
-
-    def timed_gemm(*args, **kwargs):
-        if sync:
-            be.synchronize()
-        t0 = time.perf_counter()
-        r = original(*args, **kwargs)
-        if sync:
-            be.synchronize()
-        gemm_time[0] += time.perf_counter() - t0
-        return r
-
-    be.gemm = timed_gemm
-    try:
+    """One epoch with the model's ops sent to a :class:`~bpgpu.bench.timing.GemmTimer` and
+    allocations traced: (seconds inside gemm, seconds of the epoch, peak traced bytes). The
+    timer has no compiled epoch, so the epoch runs step by step: the GEMM seconds are those of
+    the same BLAS calls either way."""
+    timer = GemmTimer(net.backend)
+    with net.redirected(timer):
         net.fit(X, y, epochs=1, batch_size=batch, lr=0.1, train_metrics=False)  # workspaces exist
-        gemm_time[0] = 0.0
+        timer.seconds = 0.0
         tracemalloc.start()
         t0 = time.perf_counter()
         net.fit(X, y, epochs=1, batch_size=batch, lr=0.1, train_metrics=False)
         total = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    finally:
-        del be.gemm
-    return gemm_time[0], total, peak
+    return timer.seconds, total, peak
 
 
 def _compiled_epochs() -> int:
@@ -124,6 +113,63 @@ def _peer_stats(prefix, n, peer_times, our_times):
             f"vs_{prefix}": float(np.median(np.array(peer_times) / np.array(our_times)))}
 
 
+def _peers(case, X, y, vs_torch, vs_backend, vs_jax):
+    """The peers a case interleaves with, warmed up: ``{prefix: one timed epoch -> seconds}``
+    in the order they run, and the row fields that describe them (or why one is missing)."""
+    peers, extra = {}, {}
+
+    def fresh():           # bpgpu's weights and generator, as this case's model starts
+        return MLP(case.sizes, dtype=case.dtype, backend="numpy", seed=0)
+    if vs_torch:
+        torch, why = torch_status()
+        if torch is None:
+            extra["torch_missing"] = why
+        else:
+            trainer = TorchTrainer(fresh(), device="cuda" if case.backend == "cupy" else "cpu")
+            trainer.fit(X, y, epochs=1, batch_size=case.batch)                  # warm-up
+            peers["torch"] = lambda: trainer.fit(X, y, epochs=1, batch_size=case.batch)[0]
+            extra.update(torch_threads=trainer.torch.get_num_threads(),
+                         torch_device=trainer.device.type)
+    if vs_backend and vs_backend != case.backend:
+        other = MLP(case.sizes, dtype=case.dtype, backend=vs_backend, seed=0)
+        other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
+        peers[vs_backend] = lambda: other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
+                                              train_metrics=False).time[0]
+    if vs_jax:
+        jax_mod, why = jax_status()
+        why = why if jax_mod is None else jax_unsupported(case.backend, case.dtype)
+        if why is not None:
+            extra["jax_missing"] = why
+        for form in (JAX_FORMS if why is None else ()):
+            peer = JaxTrainer(fresh(), form)
+            peer.fit(X, y, epochs=1, batch_size=case.batch)   # warm-up: jit compile
+            peers[f"jax_{form}"] = (lambda p: lambda: p.fit(X, y, epochs=1,
+                                                            batch_size=case.batch)[0])(peer)
+            extra.update(jax_threads=peer.threads, jax_device="cpu")
+    return peers, extra
+
+
+def _row(case, n, times, compiled, ceiling):
+    """A row's own fields: throughput with its spread, µs per step, GFLOP/s, work, threads."""
+    steps = -(-n // case.batch)
+    sps = n / times
+    flops = step_flops(case.sizes, case.batch) * (n // case.batch) + \
+        step_flops(case.sizes, n % case.batch)
+    row = {"backend": case.backend, "sizes": case.arch, "batch": case.batch,
+           "dtype": case.dtype, "samples": n, "repeats": len(times),
+           "samples_per_s": float(np.median(sps)), "samples_per_s_min": float(sps.min()),
+           "samples_per_s_max": float(sps.max()),
+           "us_per_step": float(np.median(times) / steps * 1e6),
+           "gflops": float(flops / np.median(times) / 1e9),
+           "step_flops": step_flops(case.sizes, case.batch),
+           "step_bytes": step_bytes(case.sizes, case.batch, np.dtype(case.dtype).itemsize),
+           "compiled_epoch": compiled}
+    if ceiling:
+        row["gemm_ceiling_gflops"] = ceiling
+        row["fraction_of_ceiling"] = row["gflops"] / ceiling
+    return row
+
+
 def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs_backend=None,
              vs_jax=False):
     """Measure one case; return a JSON-ready row (see the module docstring for the method).
@@ -138,62 +184,20 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
     ``jax_missing`` with the reason.
     """
     net = MLP(case.sizes, dtype=case.dtype, backend=case.backend, seed=0)
-    other = None
-    if vs_backend and vs_backend != case.backend:
-        other = MLP(case.sizes, dtype=case.dtype, backend=vs_backend, seed=0)
-        other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
     n = X.shape[0]
-    steps = -(-n // case.batch)
-    trainer, torch_why = None, None
-    if vs_torch:
-        torch, torch_why = torch_status()
-        if torch is not None:
-            fresh = MLP(case.sizes, dtype=case.dtype, backend="numpy", seed=0)
-            trainer = TorchTrainer(fresh, device="cuda" if case.backend == "cupy" else "cpu")
-            trainer.fit(X, y, epochs=1, batch_size=case.batch)                  # warm-up
-    jaxes, jax_why = {}, None
-    if vs_jax:
-        jax_mod, jax_why = jax_status()
-        jax_why = jax_why if jax_mod is None else jax_unsupported(case.backend, case.dtype)
-        if jax_why is None:
-            for form in JAX_FORMS:      # each from a fresh model: bpgpu's weights and generator
-                fresh = MLP(case.sizes, dtype=case.dtype, backend="numpy", seed=0)
-                jaxes[form] = JaxTrainer(fresh, form)
-                jaxes[form].fit(X, y, epochs=1, batch_size=case.batch)   # warm-up: jit compile
+    peers, extra = _peers(case, X, y, vs_torch, vs_backend, vs_jax)
     net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
-    ours, theirs, others = [], [], []
-    jax_times = {form: [] for form in jaxes}
+    ours, theirs = [], {prefix: [] for prefix in peers}
     compiled_before = _compiled_epochs()
     for _ in range(repeats):
         ours.append(net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
                             train_metrics=False).time[0])
-        if trainer is not None:
-            theirs.append(trainer.fit(X, y, epochs=1, batch_size=case.batch)[0])
-        if other is not None:
-            others.append(other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
-                                    train_metrics=False).time[0])
-        for form, peer in jaxes.items():
-            jax_times[form].append(peer.fit(X, y, epochs=1, batch_size=case.batch)[0])
+        for prefix, epoch in peers.items():
+            theirs[prefix].append(epoch())
     compiled = _compiled_epochs() - compiled_before == repeats
     times = np.array(ours)
-    sps = n / times
-    flops = step_flops(case.sizes, case.batch) * (n // case.batch) + \
-        step_flops(case.sizes, n % case.batch)
-    row = {
-        "backend": case.backend, "sizes": case.arch, "batch": case.batch, "dtype": case.dtype,
-        "samples": n, "repeats": repeats,
-        "samples_per_s": float(np.median(sps)), "samples_per_s_min": float(sps.min()),
-        "samples_per_s_max": float(sps.max()),
-        "us_per_step": float(np.median(times) / steps * 1e6),
-        "gflops": float(flops / np.median(times) / 1e9),
-        "step_flops": step_flops(case.sizes, case.batch),
-        "step_bytes": step_bytes(case.sizes, case.batch, np.dtype(case.dtype).itemsize),
-        **_threads(net.backend, case.batch),
-        "compiled_epoch": compiled,
-    }
-    if ceiling:
-        row["gemm_ceiling_gflops"] = ceiling
-        row["fraction_of_ceiling"] = row["gflops"] / ceiling
+    row = _row(case, n, times, compiled, ceiling)
+    row.update(_threads(net.backend, case.batch))
     if split:
         # the GEMMs' seconds in an instrumented epoch over the timed epochs' median: for a
         # compiled epoch (which the timer would bypass) the rest is its time outside GEMMs
@@ -202,29 +206,10 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
         row["host_alloc_peak_bytes_per_epoch"] = int(peak)
     row["resident_bytes"] = net.resident_bytes()
     if net.backend.name == "cupy":
-        import cupy
-        row["device_pool_bytes"] = int(cupy.get_default_memory_pool().total_bytes())
-    if trainer is not None:
-        tsps = n / np.array(theirs)
-        row.update({"torch_samples_per_s": float(np.median(tsps)),
-                    "torch_samples_per_s_min": float(tsps.min()),
-                    "torch_samples_per_s_max": float(tsps.max()),
-                    "torch_threads": trainer.torch.get_num_threads(),
-                    "torch_device": trainer.device.type,
-                    "vs_torch": float(np.median(np.array(theirs) / times))})
-    elif vs_torch:
-        row["torch_missing"] = torch_why
-    if other is not None:
-        osps = n / np.array(others)
-        row.update({f"{vs_backend}_samples_per_s": float(np.median(osps)),
-                    f"vs_{vs_backend}": float(np.median(np.array(others) / times))})
-    if jaxes:
-        for form in jaxes:
-            row.update(_peer_stats(f"jax_{form}", n, jax_times[form], times))
-        row["jax_threads"] = jaxes[JAX_FORMS[0]].threads
-        row["jax_device"] = "cpu"
-    elif vs_jax:
-        row["jax_missing"] = jax_why
+        row["device_pool_bytes"] = int(net.backend.xp.get_default_memory_pool().total_bytes())
+    for prefix, peer_times in theirs.items():
+        row.update(_peer_stats(prefix, n, peer_times, times))
+    row.update(extra)
     return row
 
 

@@ -33,7 +33,12 @@ __all__ = ["TabularData", "load_csv"]
 
 @dataclass
 class TabularData:
-    """A CSV split into train/test arrays, with what was done to each column."""
+    """A CSV split into train/test arrays, with what was done to each column.
+
+    ``columns`` says, per input column in order, how it became features: ``{"name", "kind":
+    "numeric", "mean", "std", "scale"}`` (standardised: ``(x / scale - mean) / std``) or
+    ``{"name", "kind": "categorical", "categories"}`` (one-hot, in that order).
+    """
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
@@ -41,6 +46,8 @@ class TabularData:
     feature_names: list = field(default_factory=list)
     classes: list | None = None          # label values in index order, for classification
     task: str = "classification"
+    columns: list = field(default_factory=list)
+    target: str | None = None
 
 
 def _is_number(s):
@@ -142,11 +149,36 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
         Unreadable file, malformed CSV, missing or non-finite values, an unknown column, ... with
         the file, line and column.
     """
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     if not 0 <= test_fraction < 1:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    header, lines, cols = _table(path, encoding, target, categorical)
+    target = target or header[-1]
+    n = len(lines)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    if train_idx.size == 0:
+        raise DataError(f"{path}: test_fraction={test_fraction} leaves no training rows")
+    y, classes, task = _target(path, cols, lines, target, task)
+    features, names, columns = [], [], []
+    for name, values in cols.items():
+        block, spec = _encode(path, name, values, lines, train_idx, name in categorical)
+        features.append(block)
+        columns.append(spec)
+        names += ([name] if spec["kind"] == "numeric"
+                  else [f"{name}={c}" for c in spec["categories"]])
+    X = np.hstack(features)
+    return TabularData(X[train_idx], y[train_idx], X[test_idx], y[test_idx], names,
+                       [str(c) for c in classes] if classes is not None else None, task,
+                       columns, target)
+
+
+def _table(path, encoding, target, categorical):
+    """The CSV checked: ``(header, line numbers, {column: stripped values})``."""
     rows = _read_rows(path, encoding)
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
@@ -170,25 +202,20 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
         for name, value in zip(header, row):
             if value.strip() == "":
                 raise DataError(f"{path}, line {line}: missing value in column {name!r}")
-    lines = [line for line, _ in body]
     cols = {name: [r[j].strip() for _, r in body] for j, name in enumerate(header)}
+    return header, [line for line, _ in body], cols
 
-    def numbers(name):
-        """The column as finite floats, or None when some value is not a number (categorical)."""
-        values = cols[name]
-        if not all(_is_number(v) for v in values):
-            return None
-        return np.array([_number(v, path, line, name) for v, line in zip(values, lines)])
 
-    n = len(body)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    n_test = int(round(n * test_fraction))
-    test_idx, train_idx = order[:n_test], order[n_test:]
-    if train_idx.size == 0:
-        raise DataError(f"{path}: test_fraction={test_fraction} leaves no training rows")
+def _numbers(path, values, lines, name):
+    """The column as finite floats, or None when some value is not a number (categorical)."""
+    if not all(_is_number(v) for v in values):
+        return None
+    return np.array([_number(v, path, line, name) for v, line in zip(values, lines)])
 
-    y_num = numbers(target)
+
+def _target(path, cols, lines, target, task):
+    """``(y, classes or None, task)`` of the target column (removed from ``cols``)."""
+    y_num = _numbers(path, cols[target], lines, target)
     y_raw = cols.pop(target)
     if task == "auto":
         integer_like = y_num is not None and all(float(v).is_integer() for v in y_num)
@@ -197,40 +224,40 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
     if task == "classification":
         classes = sorted(set(y_raw), key=lambda v: (float(v) if y_num is not None else 0, v))
         index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[v] for v in y_raw], np.int64)
-    elif task == "regression":
+        return np.array([index[v] for v in y_raw], np.int64), classes, task
+    if task == "regression":
         if y_num is None:
             raise DataError(f"{path}: regression target {target!r} has non-numeric values")
-        classes, y = None, y_num
-    else:
-        raise DataError(f"task must be auto, classification or regression, got {task!r}")
+        return y_num, None, task
+    raise DataError(f"task must be auto, classification or regression, got {task!r}")
 
-    features, names = [], []
-    for name, values in cols.items():
-        x = None if name in categorical else numbers(name)
-        if x is not None:
-            with np.errstate(all="ignore"):
-                mu, sd = x[train_idx].mean(), x[train_idx].std()
-                if not (np.isfinite(mu) and np.isfinite(sd)):   # near the float limit: scale first
-                    x = x / np.abs(x).max()
-                    mu, sd = x[train_idx].mean(), x[train_idx].std()
-                z = (x - mu) / (sd if sd > 0 else 1.0)
-            if not np.all(np.isfinite(z)):   # test rows far outside the training rows' range
-                raise DataError(f"{path}: column {name!r} cannot be standardised with the "
-                                "training rows' mean and deviation (some values overflow; "
-                                "rescale the column)")
-            features.append(z[:, None])
-            names.append(name)
-        else:
-            cats = sorted(set(values[i] for i in train_idx))
-            if len(cats) > MAX_CATEGORIES:
-                raise DataError(f"{path}: column {name!r} has {len(cats)} distinct values in the "
-                                f"training rows (at most {MAX_CATEGORIES} as categories): an "
-                                "identifier or free text? drop it")
-            index = {c: i for i, c in enumerate(cats)}
-            codes = np.array([index.get(v, -1) for v in values])
-            features.append((codes[:, None] == np.arange(len(cats))).astype(np.float64))
-            names += [f"{name}={c}" for c in cats]
-    X = np.hstack(features)
-    return TabularData(X[train_idx], y[train_idx], X[test_idx], y[test_idx], names,
-                       [str(c) for c in classes] if classes is not None else None, task)
+
+def _encode(path, name, values, lines, train_idx, categorical):
+    """One input column as features: ``(block (N, k), spec)`` -- standardised with the training
+    rows' statistics, or one-hot of the categories the training rows hold."""
+    x = None if categorical else _numbers(path, values, lines, name)
+    if x is None:
+        cats = sorted(set(values[i] for i in train_idx))
+        if len(cats) > MAX_CATEGORIES:
+            raise DataError(f"{path}: column {name!r} has {len(cats)} distinct values in the "
+                            f"training rows (at most {MAX_CATEGORIES} as categories): an "
+                            "identifier or free text? drop it")
+        index = {c: i for i, c in enumerate(cats)}
+        codes = np.array([index.get(v, -1) for v in values])
+        block = (codes[:, None] == np.arange(len(cats))).astype(np.float64)
+        return block, {"name": name, "kind": "categorical", "categories": cats}
+    scale = 1.0
+    with np.errstate(all="ignore"):
+        mu, sd = x[train_idx].mean(), x[train_idx].std()
+        if not (np.isfinite(mu) and np.isfinite(sd)):   # near the float limit: scale first
+            scale = float(np.abs(x).max())
+            x = x / scale
+            mu, sd = x[train_idx].mean(), x[train_idx].std()
+        sd = sd if sd > 0 else 1.0
+        z = (x - mu) / sd
+    if not np.all(np.isfinite(z)):   # test rows far outside the training rows' range
+        raise DataError(f"{path}: column {name!r} cannot be standardised with the "
+                        "training rows' mean and deviation (some values overflow; "
+                        "rescale the column)")
+    return z[:, None], {"name": name, "kind": "numeric", "mean": float(mu), "std": float(sd),
+                        "scale": scale}

@@ -1,7 +1,7 @@
 """Data-parallel training over MPI: P processes give the result of one process on the global batch.
 
 Synchronous data parallelism, the scheme Horovod builds on, through mpi4py: every process (rank)
-holds the whole model and the whole data set, and :func:`bpgpu.train.fit` with ``comm=`` runs on
+holds the whole model and the whole data set, and ``MLP.fit`` with ``comm=`` runs on
 every rank with the same arguments. Each global batch of ``B`` rows is split across the ``P``
 ranks -- rank ``r`` takes the contiguous rows :func:`share` names, ``B // P`` or ``B // P + 1`` of
 them, so the shares add up to exactly ``B`` and a rank may have none of a small last batch --,
@@ -33,7 +33,7 @@ Each rank notices a signal at a different moment; if each acted on its own, the 
 pair up wrongly and hang. So a signal only *asks*: the request travels as one extra element after
 the flat gradient buffer, in the Allreduce every step does anyway, and all ranks stop after the
 same step, go back to the end of the last completed epoch together, and rank 0 writes the
-checkpoint (:class:`~bpgpu.train.TrainingInterrupted` on every rank). Open MPI 5's ``mpirun``
+checkpoint (:class:`~bpgpu.signals.TrainingInterrupted` on every rank). Open MPI 5's ``mpirun``
 answers SIGINT/SIGTERM by sending SIGTERM to every rank and killing them about 0.3 s later (too
 little time to save); it forwards SIGUSR1 untouched, so ``kill -USR1 <mpirun pid>`` is the way to
 stop a run cleanly through it (SIGUSR1 is a stop request here, like SIGTERM).
@@ -67,11 +67,13 @@ the host only waits for the step before the one it has just queued, never for th
 
 # The names other code imports from here: the public API (__all__), bpgpu.cli's run_command,
 # and the private helpers the tests check directly.
-from .comm import DEFAULT_TIMEOUT, DataParallel, DistributedError, _timeout_from_env, mpi, share
+from .command import run_command
+from .comm import DEFAULT_TIMEOUT, DistributedError, _timeout_from_env, mpi, share
 from .faults import STOP_SIGNALS
+from .parallel import DataParallel
 from .reducers import _HostReducer, _layer_segments, _NcclReducer
 from .run import DistributedRun
-from .startup import _differences, run_command, start, use_local_gpu
+from .startup import _differences, start, use_local_gpu
 
 __all__ = ["DataParallel", "DistributedError", "DistributedRun", "DEFAULT_TIMEOUT", "mpi",
-           "share", "start", "use_local_gpu"]
+           "share", "start", "use_local_gpu", "run_command"]

@@ -1,8 +1,9 @@
 """The communicator side of a data-parallel run: MPI itself, the settings, the row shares.
 
-:func:`mpi` imports mpi4py (or says how to install it); :class:`DataParallel` wraps a communicator
-with the run's options (overlap, timeout) and its watched collective calls; :func:`share` names the
-rows of a global batch a rank takes; :class:`DistributedError` is what every rank raises when the
+:func:`mpi` imports mpi4py (or says how to install it); :class:`Communicator` wraps a communicator
+with the run's options (overlap, timeout) and its watched collective calls (the base of
+:class:`bpgpu.distributed.DataParallel`); :func:`share` names the rows of a global batch a rank
+takes; :class:`DistributedError` is what every rank raises when the
 ranks disagree or one failed.
 """
 
@@ -67,8 +68,8 @@ def _timeout_from_env():
             from None
 
 
-class DataParallel:
-    """A communicator and the options of a data-parallel run (what ``fit(comm=...)`` takes).
+class Communicator:
+    """A communicator and the options of a data-parallel run, with watched collective calls.
 
     Parameters
     ----------
@@ -97,20 +98,10 @@ class DataParallel:
         #: set when ``fit`` reaches its first collective call (:func:`start`)
         self.started = False
 
-    @classmethod
-    def of(cls, comm):
-        """``comm`` itself when it is a DataParallel, else ``DataParallel(comm)``."""
-        return comm if isinstance(comm, cls) else cls(comm)
-
     @property
     def lead(self) -> bool:
         """True on rank 0, the rank that prints and writes files."""
         return self.rank == 0
-
-    def make_run(self, *args, **kwargs):
-        """A :class:`DistributedRun` of ``fit``'s arguments (``fit`` calls this for ``_Run``)."""
-        from .run import DistributedRun
-        return DistributedRun(*args, parallel=self, **kwargs)
 
     def node_size(self) -> int:
         """Number of ranks on this machine (a collective call)."""

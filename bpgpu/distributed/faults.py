@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from ..train import TrainingInterrupted, _InterruptGuard
+from ..signals import InterruptGuard
 
 #: Signals that ask a data-parallel run to stop (SIGUSR1: what Open MPI's mpirun forwards without
 #: killing the ranks).
@@ -80,27 +80,19 @@ class _Watched:
         return False
 
 
-class _CollectiveGuard(_InterruptGuard):
+class _CollectiveGuard(InterruptGuard):
     """Signals only ask to stop (``local``); ``signum`` is set when the ranks have agreed, after
     the same step on every rank. A second signal still stops this rank at once (and with it,
     through MPI_Abort, the job)."""
+
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         super().__init__()
         self.local = None
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                try:
-                    self._previous[sig] = signal.signal(sig, self._handle)
-                except (ValueError, OSError):
-                    pass
-        return self
-
-    def _handle(self, signum, frame):
+    def request(self, signum) -> bool:
         if self.local is None:
             self.local = signum
-            return
-        self._restore()
-        raise TrainingInterrupted(signum)
+            return True
+        return False

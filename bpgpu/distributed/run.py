@@ -1,9 +1,9 @@
-"""One rank's training run: :class:`bpgpu.train._Run` with its share of each batch, reduced.
+"""One rank's training run: :class:`bpgpu.train.Run` with its share of each batch, reduced.
 
 :class:`DistributedRun` steps through this rank's rows of every global batch with a reducer as the
 step's gradient hook, reduces the metrics and agrees with the other ranks at the end of each
-epoch, and ends the job when one rank fails; :class:`_Wired` and :class:`_RankThreads` set the
-model's gradient buffer and the BLAS/numba threads for the run.
+epoch, and ends the job when one rank fails; :class:`_RankThreads` sets the BLAS/numba threads
+for the run, and the model's ``gradients_in`` puts its gradients into the reducer's buffer.
 """
 
 from __future__ import annotations
@@ -15,32 +15,39 @@ import traceback
 import numpy as np
 
 from .._compat import numba_status
+from ..checkpoint import fingerprint
 from ..errors import BpgpuError
-from ..train import TrainingInterrupted, _Run, _Stopped
+from ..signals import Stopped, TrainingInterrupted
+from ..train import Run
 from .comm import DistributedError, share
 from .faults import _CollectiveGuard, _say
 from .reducers import _HostReducer, _NcclReducer
 
 
-class DistributedRun(_Run):
-    """:class:`bpgpu.train._Run` on one rank of a data-parallel run (see :mod:`bpgpu.distributed`):
+class DistributedRun(Run):
+    """:class:`bpgpu.train.Run` on one rank of a data-parallel run (see :mod:`bpgpu.distributed`):
     this rank's share of every global batch, the gradient reduction as the step's hooks, metrics
     reduced at the end of each epoch, decisions to stop taken together, files written by rank 0.
+    It overrides the run's hooks: :meth:`interrupt_guard`, :meth:`run_epoch`,
+    :meth:`finish_epoch`, :meth:`save_checkpoint`, :meth:`train`.
     """
 
-    def __init__(self, model, X, y, validation_data, opt, *, parallel, **kwargs):
-        super().__init__(model, X, y, validation_data, opt, **kwargs)
+    def __init__(self, model, plan, *, parallel):
+        super().__init__(model, plan)
         par = self.par = parallel
-        self.interrupt = _CollectiveGuard()
         # (first row of the share in the epoch's order, end, offset in the global batch, b/B)
-        self.plan = []
+        self.shares = []
         for start in range(0, self.n, self.batch):
             rows = min(start + self.batch, self.n) - start
             lo, hi = share(rows, par.size, par.rank)
-            self.plan.append((start + lo, start + hi, lo, (hi - lo) / rows))
+            self.shares.append((start + lo, start + hi, lo, (hi - lo) / rows))
         uses_host = model.backend.xp is np
         self.reducer = (_HostReducer if uses_host else _NcclReducer)(par, model)
         self.threads = max(1, min(_cores(), (os.cpu_count() or 1) // par.node_size()))
+
+    def interrupt_guard(self):
+        """Signals only ask to stop; the ranks agree after the same step."""
+        return _CollectiveGuard()
 
     # ------------------------------------------------------------------ the epoch
     def run_epoch(self, order, bar=None):
@@ -51,8 +58,8 @@ class DistributedRun(_Run):
         metrics = self.metrics if self.train_metrics else None
         guard, count_correct = self.interrupt, self.count_correct
         layer_hook = reducer.layer_ready if self.par.overlap else None
-        last = len(self.plan) - 1
-        for i, (lo, hi, offset, scale) in enumerate(self.plan):
+        last = len(self.shares) - 1
+        for i, (lo, hi, offset, scale) in enumerate(self.shares):
             reducer.begin(guard.local is not None)
             model.train_step(ws.view(hi - lo), X_dev, T_dev, order[lo:hi], opt, metrics=metrics,
                              count_correct=count_correct, gradient_hook=reducer.finish,
@@ -68,20 +75,19 @@ class DistributedRun(_Run):
         with self.par.watch("the stop agreement"):
             signum = self.par.comm.allreduce(int(local), op=self.par.MPI.MAX)
         self.interrupt.signum = signum
-        raise _Stopped
+        raise Stopped
 
     # ------------------------------------------------------------------ the end of an epoch
-    def _end_epoch(self, epoch, t0, progress, on_epoch) -> bool:
+    def finish_epoch(self, epoch, t0, progress, on_epoch) -> bool:
         """Reduce the epoch's metrics, record the epoch as one process would, then agree: stop
         if any rank stops (a callback may differ), and the parameters must be identical."""
-        from ..checkpoint import fingerprint
         par, be = self.par, self.be
         self.reducer.flush()
         host = np.ascontiguousarray(be.to_host(self.metrics), np.float64)
         with par.watch("the metrics Allreduce"):
             par.comm.Allreduce(par.MPI.IN_PLACE, host, op=par.MPI.SUM)
         be.upload(host, self.metrics)
-        go_on = super()._end_epoch(epoch, t0, progress and par.lead, on_epoch)
+        go_on = super().finish_epoch(epoch, t0, progress and par.lead, on_epoch)
         mine = (bool(go_on), int(self.interrupt.local or 0),
                 fingerprint(be.to_host(self.model.params)))
         everyone = par.allgather(mine, "the end-of-epoch agreement")
@@ -100,12 +106,12 @@ class DistributedRun(_Run):
             self.history.stop_reason = f"stopped by rank {stoppers[0]} after epoch {epoch}"
         return go_on and not stoppers
 
-    def write_checkpoint(self):
+    def save_checkpoint(self):
         """Rank 0 writes; every rank learns whether it worked (an error is raised on all)."""
         par, error = self.par, None
         if par.lead:
             try:
-                super().write_checkpoint()
+                super().save_checkpoint()
             except (BpgpuError, OSError) as exc:
                 error = exc
         failed = par.bcast(None if error is None else f"{type(error).__name__}: {error}",
@@ -118,16 +124,16 @@ class DistributedRun(_Run):
                                    report=False)
             exc.bpgpu_collective = True
             raise exc
-        return self.checkpoint_path
+        return self.options.checkpoint
 
     # ------------------------------------------------------------------ the whole run
-    def train(self, epochs, *, progress=False, on_epoch=None):
-        """:meth:`_Run.train` on every rank; an error on one rank (not shared by all) prints it
+    def train(self, *, progress=False, on_epoch=None):
+        """:meth:`Run.train` on every rank; an error on one rank (not shared by all) prints it
         with its rank and ends the job with MPI_Abort, so no rank waits for it forever."""
         par = self.par
         try:
             with self._wired(), self._threads():
-                return super().train(epochs, progress=progress and par.lead, on_epoch=on_epoch)
+                return super().train(progress=progress and par.lead, on_epoch=on_epoch)
         except TrainingInterrupted as exc:
             if exc.restored:          # the agreed stop: every rank raises it at the same point
                 raise
@@ -141,7 +147,7 @@ class DistributedRun(_Run):
 
     def _wired(self):
         """The model's gradient buffer as a view of the reducer's (restored afterwards)."""
-        return _Wired(self.model, self.reducer.wire)
+        return self.model.gradients_in(self.reducer.wire)
 
     def _threads(self):
         """BLAS (and numba) threads for this rank: the cores it may use, shared with the other
@@ -154,24 +160,6 @@ def _cores():
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-class _Wired:
-    def __init__(self, model, wire):
-        self.model, self.wire = model, wire
-
-    def __enter__(self):
-        model = self.model
-        self.saved = (model.grads, model.dW, model.db)
-        model.grads = self.wire[:model.n_params]
-        model.dW, model.db = model._views(model.grads)
-
-    def __exit__(self, *exc):
-        model = self.model
-        grads, dW, db = self.saved
-        model.backend.copy(model.grads, grads)      # the last step's gradient, where it belongs
-        model.grads, model.dW, model.db = grads, dW, db
-        return False
 
 
 class _RankThreads:

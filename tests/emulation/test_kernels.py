@@ -423,8 +423,9 @@ def test_every_instantiation_is_launched(ref):
 
 
 def test_warmup_loads_every_kernel_and_the_gemm_path():
+    from bpgpu.warmup import warmup
     be = emulated()
-    res = be.warmup()
+    res = warmup(be)
     assert res["kernels"] == 2 * len(TEMPLATE_KERNELS) + 1 == len(be._functions)
     assert res["seconds"] > 0
     assert be.fuses_sgd("float32") and be.fuses_sgd("float64") and not be.fuses_sgd("float16")

@@ -1,0 +1,138 @@
+"""The smaller ``bpgpu`` commands: ``info``, ``evaluate``, ``gradcheck``, ``demo``, ``warmup``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .common import UsageError, add_backend_arg, add_tf32_arg, apply_tf32, positive_int
+from .train import add_model_args
+
+__all__ = ["add_parsers", "cmd_info", "cmd_evaluate", "cmd_gradcheck", "cmd_demo",
+           "cmd_warmup"]
+
+
+def add_parsers(sub, names):
+    """The parsers of this module's commands, in the order ``bpgpu --help`` lists them."""
+    p = sub.add_parser("info", help="versions, CPU, BLAS, backends and GPUs")
+    p.add_argument("--json", action="store_true", help="print the machine record as JSON")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's test split")
+    p.add_argument("model")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--target", default=None)
+    add_backend_arg(p, names)
+    add_tf32_arg(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("demo", help="the textbook networks: " + ", ".join(names["demo"]))
+    p.add_argument("name", choices=names["demo"])
+    add_backend_arg(p, names)
+    p.add_argument("--out", default=".", help="directory for the pictures (default: here)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("warmup", help="compile the numba kernels now (cached on disk)")
+    p.set_defaults(func=cmd_warmup)
+    p = sub.add_parser("gradcheck", help="back-propagation vs finite differences, per layer")
+    add_model_args(p, dict(hidden="30", activation="sigmoid", output="softmax", loss="ce",
+                           init="normal"), names)
+    p.add_argument("--batch", type=positive_int, default=16, help="samples in the checked batch")
+    p.add_argument("--per-layer", type=positive_int, default=200,
+                   help="entries checked per W and b (random subset)")
+    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.set_defaults(func=cmd_gradcheck)
+
+
+def cmd_info(args):
+    from .._version import __version__
+    from ..sysinfo import machine_record
+    rec = machine_record()
+    if args.json:
+        print(json.dumps(rec, indent=2, default=str))
+        return 0
+    v = rec["versions"]
+    print(f"bpgpu {__version__}  python {v['python']}  numpy {v['numpy']}")
+    print(f"cpu: {rec['cpu']} ({rec['cores']} cores)")
+    if rec["blas"]:
+        for b in rec["blas"]:
+            print(f"blas: {b['api']} {b['version']} ({b['library']}), {b['threads']} threads")
+    else:
+        print("blas: unknown (install threadpoolctl to see it)")
+    for k in rec["blas_kernels"]:
+        print(f"openblas kernels: {k['summary']}")
+    others = ", ".join(f"{k} {val}" for k, val in v.items()
+                       if k not in ("python", "numpy") and val is not None)
+    print(f"libraries: {others or 'none of the optional ones'}")
+    print("backends:")
+    for b in rec["backends"]:
+        mark = "yes" if b["available"] else "no "
+        print(f"  {b['name']:<6} {mark}  {b['reason']}")
+    if any(b["name"] == "numba" and b["available"] for b in rec["backends"]):
+        from ..backends.numba_cache import cache_status
+        print(f"numba kernels: {cache_status()}")
+    print(f"auto: {rec['auto_reason']}")
+    for g in rec["gpus"] or [None]:
+        print("gpu: " + (", ".join(f"{k} {val}" for k, val in g.items()) if g else "none found"))
+    return 0
+
+
+def cmd_evaluate(args):
+    from ..datasets import load_dataset
+    from ..mlp import load
+    apply_tf32(args, [args.backend])
+    net = load(args.model, backend=args.backend)
+    data = load_dataset(args.dataset, target=args.target)
+    if data.n_inputs != net.sizes[0] or data.n_outputs != net.sizes[-1]:
+        raise UsageError(f"model {args.model} is {'-'.join(map(str, net.sizes))} but dataset "
+                         f"{data.name} has {data.n_inputs} inputs and {data.n_outputs} outputs")
+    res = net.evaluate(data.X_test, data.y_test)
+    print(f"{args.model} on {data.name} test ({len(data.X_test)} samples, backend "
+          f"{net.backend.name}): loss {res['loss']:.4f}, accuracy {res['accuracy']:.4f}")
+    return 0
+
+
+def cmd_gradcheck(args):
+    from ..datasets import load_dataset
+    from ..gradcheck import gradcheck_layers
+    from ..mlp import MLP
+    data = load_dataset(args.dataset, seed=args.seed)
+    sizes = [data.n_inputs] + list(args.hidden) + [data.n_outputs]
+    net = MLP(sizes, activation=args.activation, output=args.output, loss=args.loss,
+              init=args.init, dtype="float64", backend=args.backend, seed=args.seed)
+    X, y = data.X_train[:args.batch], data.y_train[:args.batch]
+    rows = gradcheck_layers(net, X, y, eps=args.eps, max_per_layer=args.per_layer)
+    worst = 0.0
+    print(f"gradcheck {net} on {len(X)} samples of {data.name}, eps {args.eps}")
+    for r in rows:
+        worst = max(worst, r["weights"], r["biases"])
+        print(f"  layer {r['layer']}: weights {r['weights']:.3e}  biases {r['biases']:.3e}")
+    ok = worst < args.tol
+    print(f"max relative error {worst:.3e} ({'OK' if ok else 'FAILED'}: tolerance {args.tol:g})")
+    return 0 if ok else 1
+
+
+def cmd_demo(args):
+    from .. import demos
+    if args.name == "tabular":
+        from .._compat import optional_import
+        if optional_import("sklearn") is None:
+            raise UsageError("the tabular demo reads scikit-learn's bundled wine data: "
+                             "pip install scikit-learn")
+    from ..backends import get_backend
+    get_backend(args.backend)  # a clear error before any work
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    os.makedirs(args.out, exist_ok=True)
+    demos.run_demo(args.name, backend=args.backend, out=args.out)
+    return 0
+
+
+def cmd_warmup(args):
+    from ..backends import get_backend
+    from ..warmup import warmup
+    be = get_backend("numba")
+    res = warmup(be)
+    state = ("all loaded from the cache" if res["compiled"] == 0 else
+             f"{res['compiled']} compiled now, {res['cache_hits']} from the cache")
+    print(f"numba kernels ready in {res['seconds']:.1f} s ({res['kernels']} kernels; {state}); "
+          f"{be.describe()}")
+    return 0
