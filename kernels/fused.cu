@@ -2,9 +2,15 @@
 //
 // Templates over the float type T with explicit float and double instantiations at the end (so
 // `nvcc -c` for a target architecture compiles every kernel; CuPy compiles the same source with
-// NVRTC and looks the instantiations up by name), plus one extern "C" kernel (random_uniform,
-// float32 only). Shapes, dtypes and contiguity of every array of a launch are validated together
-// in Python before the launch (bpgpu/backends/cupy_backend.py): a kernel never checks bounds.
+// NVRTC and looks the instantiations up by name), plus extern "C" kernels (random_uniform,
+// float32 only, and the step state's two). Shapes, dtypes and contiguity of every array of a
+// launch are validated together in Python before the launch (bpgpu/backends/cupy_backend.py): a
+// kernel never checks bounds.
+//
+// A kernel whose arguments change from batch to batch (the gathers' indices, the Philox counter,
+// Adam's bias correction) also has an "_at" form for the training step captured as one CUDA
+// graph (bpgpu/backends/cupy_graph.py): the same body, with those arguments read from the step
+// state in device memory instead of passed by value (see "The step state" near the end).
 //
 // Two shapes of kernel:
 // - Elementwise kernels use a grid-stride loop, so that any grid covers any array: the launcher
@@ -251,8 +257,9 @@ __global__ void count_correct(const T* a, const T* y, long long rows, int cols, 
 // index outside [0, data_rows) gives a row of NaN (never a read out of bounds), which training
 // reports as divergence.
 template <typename T>
-__global__ void gather_scale(const unsigned char* data, const long long* idx, T* out, long long n,
-                             int cols, long long data_rows, T scale, T shift) {
+__device__ __forceinline__ void gather_scale_rows(const unsigned char* data, const long long* idx,
+                                                  T* out, long long n, int cols,
+                                                  long long data_rows, T scale, T shift) {
     RowCol rc(cols);
     GRID_STRIDE(i, n) {
         long long src = idx[rc.r];
@@ -263,14 +270,45 @@ __global__ void gather_scale(const unsigned char* data, const long long* idx, T*
 }
 
 template <typename T>
-__global__ void gather(const T* data, const long long* idx, T* out, long long n, int cols,
-                       long long data_rows) {
+__device__ __forceinline__ void gather_rows(const T* data, const long long* idx, T* out,
+                                            long long n, int cols, long long data_rows) {
     RowCol rc(cols);
     GRID_STRIDE(i, n) {
         long long src = idx[rc.r];
         out[i] = (src >= 0 && src < data_rows) ? data[src * cols + rc.c] : quiet_nan<T>();
         rc.next();
     }
+}
+
+template <typename T>
+__global__ void gather_scale(const unsigned char* data, const long long* idx, T* out, long long n,
+                             int cols, long long data_rows, T scale, T shift) {
+    gather_scale_rows(data, idx, out, n, cols, data_rows, scale, shift);
+}
+
+template <typename T>
+__global__ void gather(const T* data, const long long* idx, T* out, long long n, int cols,
+                       long long data_rows) {
+    gather_rows(data, idx, out, n, cols, data_rows);
+}
+
+// The same gathers inside a captured step (a CUDA graph replayed once per batch): the batch's
+// indices are order[offset + stride * state[0]], state[0] being the batch's index in the epoch
+// (see "The step state" below).
+template <typename T>
+__global__ void gather_scale_at(const unsigned char* data, const long long* order,
+                                const long long* state, long long offset, long long stride,
+                                T* out, long long n, int cols, long long data_rows, T scale,
+                                T shift) {
+    gather_scale_rows(data, order + offset + stride * state[0], out, n, cols, data_rows, scale,
+                      shift);
+}
+
+template <typename T>
+__global__ void gather_at(const T* data, const long long* order, const long long* state,
+                          long long offset, long long stride, T* out, long long n, int cols,
+                          long long data_rows) {
+    gather_rows(data, order + offset + stride * state[0], out, n, cols, data_rows);
 }
 
 // The augmented batch gather (bpgpu.backends.base.Backend.gather_augmented is the contract, formula
@@ -281,7 +319,8 @@ __global__ void gather(const T* data, const long long* idx, T* out, long long n,
 // per launch: translation and mirror only (a whole-pixel copy with zero fill, the plain gather's
 // arithmetic, so its values equal gather_scale's), or the sampling map with bilinear
 // interpolation and zero fill, plus the elastic field where there is one. A stale row index (the
-// launcher checks the index buffer once) gives a row of NaN, never a read out of bounds.
+// launcher checks the index buffer once) gives a row of NaN, never a read out of bounds; so does
+// a NaN displacement of the field, pixel by pixel (the op contract's rule).
 template <typename S, typename T>
 __device__ __forceinline__ void warp_images(const S* data, const long long* idx, T* out,
                                             const float* uniform, const T* field, bool has_field,
@@ -346,7 +385,8 @@ __device__ __forceinline__ void warp_images(const S* data, const long long* idx,
                     sx = sx + double(fx_field[p]);
                     sy = sy + double(fx_field[n + p]);
                 }
-                // out-of-range (or NaN) coordinates read nothing
+                const bool lost = sx != sx || sy != sy;     // a NaN field: a NaN pixel
+                // out-of-range coordinates read nothing
                 if (!(sx >= -2.0)) sx = -2.0; else if (sx > width + 1.0) sx = width + 1.0;
                 if (!(sy >= -2.0)) sy = -2.0; else if (sy > height + 1.0) sy = height + 1.0;
                 double fx0 = floor(sx), fy0 = floor(sy);
@@ -360,7 +400,7 @@ __device__ __forceinline__ void warp_images(const S* data, const long long* idx,
                 double p11 = in_y1 && in_x1 ? double(src[(y0 + 1) * width + x0 + 1]) : 0.0;
                 double v = (1.0 - fy) * ((1.0 - fx) * p00 + fx * p01)
                            + fy * ((1.0 - fx) * p10 + fx * p11);
-                value = scaled ? T(v) * scale + shift : T(v);
+                value = lost ? quiet_nan<T>() : scaled ? T(v) * scale + shift : T(v);
             }
             dst[p] = value;
             q += dq;
@@ -392,6 +432,32 @@ __global__ void gather_augmented(const T* data, const long long* idx, T* out,
                                  double flip) {
     warp_images<T, T>(data, idx, out, uniform, field, has_field != 0, rows, data_rows, height,
                       width, translate, rotate, zoom, shear, flip, T(1), T(0), false);
+}
+
+// the augmented gathers inside a captured step: indices order[offset + stride * state[0]]
+template <typename T>
+__global__ void gather_augmented_scale_at(const unsigned char* data, const long long* order,
+                                          const long long* state, long long offset,
+                                          long long stride, T* out, const float* uniform,
+                                          const T* field, int has_field, long long rows,
+                                          long long data_rows, int height, int width,
+                                          int translate, double rotate, double zoom,
+                                          double shear, double flip, T scale, T shift) {
+    warp_images<unsigned char, T>(data, order + offset + stride * state[0], out, uniform, field,
+                                  has_field != 0, rows, data_rows, height, width, translate,
+                                  rotate, zoom, shear, flip, scale, shift, true);
+}
+
+template <typename T>
+__global__ void gather_augmented_at(const T* data, const long long* order, const long long* state,
+                                    long long offset, long long stride, T* out,
+                                    const float* uniform, const T* field, int has_field,
+                                    long long rows, long long data_rows, int height, int width,
+                                    int translate, double rotate, double zoom, double shear,
+                                    double flip) {
+    warp_images<T, T>(data, order + offset + stride * state[0], out, uniform, field,
+                      has_field != 0, rows, data_rows, height, width, translate, rotate, zoom,
+                      shear, flip, T(1), T(0), false);
 }
 
 // inverted dropout: mask = (u >= rate) * keep_scale; out = a * mask
@@ -436,8 +502,9 @@ __global__ void momentum_update(T* p, const T* g, T* v, T lr, T mu, T wd, long l
 }
 
 template <typename T>
-__global__ void adam_update(T* p, const T* g, T* m, T* v, T lr_t, T b1, T c1, T b2, T c2, T eps,
-                            T inv_bias2, T wd, long long n_decay, long long n) {
+__device__ __forceinline__ void adam_pass(T* p, const T* g, T* m, T* v, T lr_t, T b1, T c1, T b2,
+                                          T c2, T eps, T inv_bias2, T wd, long long n_decay,
+                                          long long n) {
     GRID_STRIDE(k, n) {
         T gk = decayed(g[k], p[k], wd, k < n_decay);
         T mk = b1 * m[k] + c1 * gk;
@@ -446,6 +513,22 @@ __global__ void adam_update(T* p, const T* g, T* m, T* v, T lr_t, T b1, T c1, T 
         v[k] = vk;
         p[k] -= lr_t * mk / (sqrt_t(vk * inv_bias2) + eps);
     }
+}
+
+template <typename T>
+__global__ void adam_update(T* p, const T* g, T* m, T* v, T lr_t, T b1, T c1, T b2, T c2, T eps,
+                            T inv_bias2, T wd, long long n_decay, long long n) {
+    adam_pass(p, g, m, v, lr_t, b1, c1, b2, c2, eps, inv_bias2, wd, n_decay, n);
+}
+
+// Adam inside a captured step: the step's two bias-corrected scalars (lr_t, inv_bias2) are row
+// state[0] of the epoch's table, computed on the host as the eager launch computes them.
+template <typename T>
+__global__ void adam_update_at(T* p, const T* g, T* m, T* v, const T* table,
+                               const long long* state, T b1, T c1, T b2, T c2, T eps, T wd,
+                               long long n_decay, long long n) {
+    const T* row = table + 2 * state[0];
+    adam_pass(p, g, m, v, row[0], b1, c1, b2, c2, eps, row[1], wd, n_decay, n);
 }
 
 // ---------------------------------------------------------------------------- random numbers
@@ -477,10 +560,10 @@ __device__ __forceinline__ void philox4x64_10(unsigned long long& x0, unsigned l
 // 1 + offset / 8 (carried in Python) and first = offset % 8: thread j computes block j from the
 // counter c + j (carry across the four words) and writes its elements that fall in [0, n).
 // Each 64-bit word gives two floats, low half first: (word32 >> 8) * 2^-24, as numpy.
-extern "C" __global__ void random_uniform(float* out, long long n, int first,
-                                          unsigned long long k0, unsigned long long k1,
-                                          unsigned long long c0, unsigned long long c1,
-                                          unsigned long long c2, unsigned long long c3) {
+__device__ __forceinline__ void philox_uniform(float* out, long long n, int first,
+                                               unsigned long long k0, unsigned long long k1,
+                                               unsigned long long c0, unsigned long long c1,
+                                               unsigned long long c2, unsigned long long c3) {
     long long blocks = (first + n + 7) >> 3;
     GRID_STRIDE(j, blocks) {
         unsigned long long x0 = c0 + (unsigned long long)j;
@@ -501,6 +584,55 @@ extern "C" __global__ void random_uniform(float* out, long long n, int first,
                 out[i] = float(word >> 8) * (1.0f / 16777216.0f);
             }
         }
+    }
+}
+
+extern "C" __global__ void random_uniform(float* out, long long n, int first,
+                                          unsigned long long k0, unsigned long long k1,
+                                          unsigned long long c0, unsigned long long c1,
+                                          unsigned long long c2, unsigned long long c3) {
+    philox_uniform(out, n, first, k0, k1, c0, c1, c2, c3);
+}
+
+// The same stream inside a captured step, its counter named by the model's step count s =
+// state[1]: word i of the counter is a_i + b_i * s (mod 2^64; e.g. the dropout stream of step s
+// has word 1 = s), and the 256-bit counter + skip (skip = 1 + offset / 8) is carried here as the
+// eager launcher carries it in Python.
+extern "C" __global__ void random_uniform_at(float* out, long long n, int first,
+                                             unsigned long long k0, unsigned long long k1,
+                                             unsigned long long a0, unsigned long long a1,
+                                             unsigned long long a2, unsigned long long a3,
+                                             unsigned long long b0, unsigned long long b1,
+                                             unsigned long long b2, unsigned long long b3,
+                                             unsigned long long skip, const long long* state) {
+    const unsigned long long s = (unsigned long long)state[1];
+    unsigned long long w0 = a0 + b0 * s, w1 = a1 + b1 * s, w2 = a2 + b2 * s, w3 = a3 + b3 * s;
+    unsigned long long c0 = w0 + skip;
+    unsigned long long carry = c0 < w0;
+    unsigned long long c1 = w1 + carry;
+    carry = carry & (c1 == 0);
+    unsigned long long c2 = w2 + carry;
+    carry = carry & (c2 == 0);
+    philox_uniform(out, n, first, k0, k1, c0, c1, c2, w3 + carry);
+}
+
+// ---------------------------------------------------------------------------- the step state
+// A training step captured once as a CUDA graph and replayed once per batch reads what changes
+// from batch to batch from device memory: state[0] is the batch's index j in the epoch (the
+// gathers' slice of the epoch's order, the row of Adam's table), state[1] the model's step count
+// s (the Philox streams of dropout and augmentation). step_set writes both before the epoch's
+// replays; step_advance, the graph's last node, moves them on to the next batch.
+extern "C" __global__ void step_set(long long* state, long long j, long long s) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        state[0] = j;
+        state[1] = s;
+    }
+}
+
+extern "C" __global__ void step_advance(long long* state, long long dj, long long ds) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        state[0] += dj;
+        state[1] += ds;
     }
 }
 
@@ -531,7 +663,22 @@ extern "C" __global__ void random_uniform(float* out, long long n, int first,
     template __global__ void momentum_update<T>(T*, const T*, T*, T, T, T, long long,         \
                                                 long long, int);                               \
     template __global__ void adam_update<T>(T*, const T*, T*, T*, T, T, T, T, T, T, T, T,     \
-                                            long long, long long);
+                                            long long, long long);                             \
+    template __global__ void gather_scale_at<T>(const unsigned char*, const long long*,        \
+                                                const long long*, long long, long long, T*,    \
+                                                long long, int, long long, T, T);              \
+    template __global__ void gather_at<T>(const T*, const long long*, const long long*,       \
+                                          long long, long long, T*, long long, int, long long); \
+    template __global__ void gather_augmented_scale_at<T>(                                     \
+        const unsigned char*, const long long*, const long long*, long long, long long, T*,    \
+        const float*, const T*, int, long long, long long, int, int, int, double, double,      \
+        double, double, T, T);                                                                 \
+    template __global__ void gather_augmented_at<T>(                                           \
+        const T*, const long long*, const long long*, long long, long long, T*, const float*,  \
+        const T*, int, long long, long long, int, int, int, double, double, double, double);   \
+    template __global__ void adam_update_at<T>(T*, const T*, T*, T*, const T*,                \
+                                               const long long*, T, T, T, T, T, T, long long,  \
+                                               long long);
 
 INSTANTIATE(float)
 INSTANTIATE(double)

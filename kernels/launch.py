@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["FLOATS", "same_floats", "rows_and_vector", "fits_gather", "fits_augmented_gather",
            "fits_dropout_forward", "fits_flat_update", "fits_random_uniform", "fits_rows",
-           "fits_blas_call", "numpy_contiguous"]
+           "fits_blas_call", "numpy_contiguous", "require_columns"]
 
 #: The dtypes every kernel is compiled for.
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -113,3 +113,12 @@ def fits_blas_call(a, b, out) -> bool:
     operand C-contiguous (BLAS checks the shapes itself)."""
     return (a.dtype == b.dtype == out.dtype and a.flags.c_contiguous and b.flags.c_contiguous
             and out.flags.c_contiguous)
+
+
+def require_columns(a, op) -> None:
+    """ValueError for rows of no columns where ``op`` reduces over each row's columns with no
+    identity (softmax's maximum, the argmax of ``count_correct``): numpy raises there, and a
+    kernel would read element 0 of an empty row (on a GPU, an illegal address that breaks the
+    CUDA context), so every backend's launcher raises the same error first."""
+    if a.shape[1] == 0:
+        raise ValueError(f"{op}: rows of 0 columns have no maximum (shape {tuple(a.shape)})")

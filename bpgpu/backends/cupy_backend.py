@@ -15,10 +15,20 @@ TF32 is one process-wide setting, CuPy's compute type for float32 (which ``CUPY_
 start): :func:`set_tf32` changes it, :func:`tf32_state` reads it, and this backend's GEMMs follow
 it (column sums never use TF32: they are memory-bound and feed the bias gradient).
 
+GEMMs go through bpgpu's own cuBLAS handle, called through ctypes on the libcublas CuPy loads
+(:mod:`bpgpu.backends.cupy_cublas`), because CuPy refuses cuBLAS calls inside a CUDA-graph
+capture; where that library cannot be loaded they go through CuPy's cuBLAS wrapper instead, and
+epochs are not captured. An epoch of full batches runs as replays of ONE captured training step
+(:meth:`CupyBackend.compiled_epoch`, :mod:`bpgpu.backends.cupy_graph`; ``BPGPU_CUDA_GRAPH=0``
+turns that off). The fast-path condition of every op is one function of :data:`FAST_PATHS`,
+called by the op before it launches and by the graph's lowering before it captures.
+
 The module never imports cupy itself: the backend takes the module from the probe, which lets the
 test suite drive this exact code through a host emulation of the kernels (``tests/emulation``).
-Kernel launches are counted per kernel name in ``_launches`` (cuBLAS calls as ``"cublas_gemm"``),
-so tests can tell that a step ran the kernels and not the reference fallbacks.
+What ran on the device is counted per kernel name in ``_launches`` (cuBLAS calls as
+``"cublas_gemm"``; a graph replay adds each of its nodes), so tests can tell that a step ran the
+kernels and not the reference fallbacks; ``_host_calls`` counts what the host submitted (kernel
+launches, cuBLAS calls, graph launches).
 
 Status: the kernels compile with nvcc for sm_80 and sm_90 and run correctly in the host emulation;
 whether they run on a GPU is for the GPU-marked tests (``bash bench/gpu.sh``) to say.
@@ -27,6 +37,7 @@ whether they run on a GPU is for the GPU-marked tests (``bash bench/gpu.sh``) to
 from __future__ import annotations
 
 import collections
+import contextlib
 import weakref
 from importlib import resources
 
@@ -38,16 +49,24 @@ from ..kernels import launch
 from ..kernels.codes import ACT_CODES, LOSS_CODES
 from .base import EXP_LIMIT, LOG_CLIP, Backend
 
-__all__ = ["CupyBackend", "KERNEL_NAMES", "TEMPLATE_KERNELS", "PLAIN_KERNELS", "kernel_source",
-           "compile_options", "name_expressions", "set_tf32", "tf32_state"]
+__all__ = ["CupyBackend", "KERNEL_NAMES", "TEMPLATE_KERNELS", "PLAIN_KERNELS", "STEP_KERNELS",
+           "FAST_PATHS", "kernel_source", "compile_options", "name_expressions", "set_tf32",
+           "tf32_state", "adam_rates", "adam_scalars", "adam_constants", "philox_counter"]
 
-#: Kernels of fused.cu instantiated for float and double (looked up by name expression).
+#: Kernels of fused.cu instantiated for float and double (looked up by name expression); the
+#: "_at" forms are the captured step's (their per-batch arguments read from the step state).
 TEMPLATE_KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
                     "output_delta", "count_correct", "gather_scale", "gather",
                     "gather_augmented_scale", "gather_augmented", "dropout_forward",
-                    "multiply_inplace", "sgd_update", "momentum_update", "adam_update")
-#: extern "C" kernels of fused.cu (float32 only).
-PLAIN_KERNELS = ("random_uniform",)
+                    "multiply_inplace", "sgd_update", "momentum_update", "adam_update",
+                    "gather_scale_at", "gather_at", "gather_augmented_scale_at",
+                    "gather_augmented_at", "adam_update_at")
+#: extern "C" kernels of fused.cu: the Philox stream (float32 only) and the step state's.
+PLAIN_KERNELS = ("random_uniform", "random_uniform_at", "step_set", "step_advance")
+#: The kernels that exist for the captured step only (bpgpu.backends.cupy_graph launches them).
+STEP_KERNELS = ("gather_scale_at", "gather_at", "gather_augmented_scale_at",
+                "gather_augmented_at", "adam_update_at", "random_uniform_at", "step_set",
+                "step_advance")
 KERNEL_NAMES = TEMPLATE_KERNELS + PLAIN_KERNELS
 #: The C++ standard every compiler of fused.cu is given (NVRTC, nvcc, the host emulation).
 CXX_STD = "-std=c++17"
@@ -174,6 +193,124 @@ def _overlap(x, y):
     return lo < y.data.ptr + y.nbytes and y.data.ptr < hi
 
 
+# The fast path of each op: ``fits(backend, *the op's arguments)``, True when the op launches its
+# kernel (or cuBLAS call) and False when it falls back to the reference. The op calls it, and so
+# does the captured step's lowering (bpgpu.backends.cupy_graph) for every recorded step.
+def _fits_gemm(be, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    dtype = out.dtype
+    return (dtype in _CTYPE and a.dtype == dtype and b.dtype == dtype and a.ndim == 2
+            and b.ndim == 2 and out.ndim == 2 and a._c_contiguous and b._c_contiguous
+            and out._c_contiguous and be._gemm_works(dtype) and not _overlap(out, a)
+            and not _overlap(out, b))
+
+
+def _fits_column_sums(be, d, out, alpha=1.0, beta=0.0):
+    return _ok_rows(d, out) and be._gemm_works(d.dtype)
+
+
+def _fits_bias_activation(be, z, bias, activation):
+    return activation in ACT_CODES and _ok_rows(z, bias)
+
+
+def _fits_activation_backward(be, delta, a, activation):
+    return activation in ACT_CODES and _ok(delta, a) and delta.ndim == 2
+
+
+def _fits_output_delta(be, a, y, delta, output, loss, loss_acc=None):
+    return (loss in LOSS_CODES and output in ACT_CODES and _ok(a, y, delta) and a.ndim == 2
+            and a.shape[0] > 0 and (loss_acc is None or _ok_acc(loss_acc)))
+
+
+def _fits_count_correct(be, a, y, acc):
+    return _ok(a, y) and a.ndim == 2 and _ok_acc(acc)
+
+
+def _fits_gather_rows(be, data, idx, out, scale=1.0, shift=0.0):
+    return (out.dtype in _CTYPE and out.ndim == 2 and data.ndim == 2 and idx.ndim == 1
+            and idx.dtype == np.int64 and out.shape == (idx.shape[0], data.shape[1])
+            and (data.dtype == np.uint8 or data.dtype == out.dtype) and out._c_contiguous
+            and data._c_contiguous and idx._c_contiguous)
+
+
+def _fits_gather_augmented(be, data, idx, out, uniform, field, height, width, translate=0,
+                           *ignored):
+    return launch.fits_augmented_gather(data, idx, out, uniform, field, int(height), int(width),
+                                        int(translate), contiguous=_contiguous, index=_index)
+
+
+def _fits_random_uniform(be, out, key, counter, offset=0):
+    return out.dtype == _F32 and out._c_contiguous
+
+
+def _fits_dropout_forward(be, a, uniform, rate, mask, out):
+    return (_ok(a, mask, out) and a.ndim == 2 and uniform.dtype == _F32
+            and uniform.shape == a.shape and uniform._c_contiguous and 0.0 <= rate < 1.0)
+
+
+def _fits_dropout_backward(be, delta, mask):
+    return _ok(delta, mask)
+
+
+def _fits_flat(arrays, n_decay):
+    return _ok(*arrays) and arrays[0].ndim == 1 and 0 <= n_decay <= arrays[0].size
+
+
+def _fits_sgd_update(be, params, grads, lr, weight_decay=0.0, n_decay=0):
+    return _fits_flat((params, grads), n_decay)
+
+
+def _fits_momentum_update(be, params, grads, velocity, lr, momentum, weight_decay=0.0,
+                          n_decay=0, nesterov=False):
+    return _fits_flat((params, grads, velocity), n_decay)
+
+
+def _fits_adam_update(be, params, grads, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+                      n_decay=0):
+    return _fits_flat((params, grads, m, v), n_decay)
+
+
+#: op name -> its fast-path condition (see above).
+FAST_PATHS = {
+    "gemm": _fits_gemm, "column_sums": _fits_column_sums,
+    "bias_activation": _fits_bias_activation, "activation_backward": _fits_activation_backward,
+    "output_delta": _fits_output_delta, "count_correct": _fits_count_correct,
+    "gather_rows": _fits_gather_rows, "gather_augmented": _fits_gather_augmented,
+    "random_uniform": _fits_random_uniform, "dropout_forward": _fits_dropout_forward,
+    "dropout_backward": _fits_dropout_backward, "sgd_update": _fits_sgd_update,
+    "momentum_update": _fits_momentum_update, "adam_update": _fits_adam_update,
+}
+
+
+def adam_rates(lr, beta1, beta2, step):
+    """Adam's two per-step scalars, as Python floats: the bias-corrected rate
+    ``lr / (1 - beta1^step)`` and ``1 / (1 - beta2^step)`` -- written once, here, for the eager
+    launch and for the captured step's table alike."""
+    return lr / (1 - beta1 ** step), 1.0 / (1 - beta2 ** step)
+
+
+def adam_scalars(dtype, lr, beta1, beta2, step):
+    """:func:`adam_rates` in ``dtype``, as the kernel takes them."""
+    t = np.dtype(dtype).type
+    lr_t, inv_bias2 = adam_rates(lr, beta1, beta2, step)
+    return t(lr_t), t(inv_bias2)
+
+
+def adam_constants(dtype, beta1, beta2, eps):
+    """Adam's per-run scalars as its kernels take them: ``(b1, 1 - b1, b2, 1 - b2, eps)``."""
+    t = np.dtype(dtype).type
+    return t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps)
+
+
+def philox_counter(counter, offset):
+    """``(first, words)``: the launch form of a Philox stream position -- the element of its
+    first block and the four 64-bit words of the 256-bit ``counter + 1 + offset // 8`` (numpy
+    increments before it draws)."""
+    mask = (1 << 64) - 1
+    total = sum((int(c) & mask) << (64 * i) for i, c in enumerate(counter))
+    total = (total + int(offset) // 8 + 1) & ((1 << 256) - 1)
+    return int(offset) % 8, tuple((total >> (64 * i)) & mask for i in range(4))
+
+
 class CupyBackend(Backend):
     """CuPy on the current CUDA device.
 
@@ -186,8 +323,10 @@ class CupyBackend(Backend):
         cupy = _require_cupy()
         self._setup(cupy, _compat.cupy_status()[1])
 
-    def _setup(self, cupy, reason):
-        """Bind to a CuPy module: the real one, or the host emulation's stand-in in the tests."""
+    def _setup(self, cupy, reason, cublas_library=None):
+        """Bind to a CuPy module: the real one, or the host emulation's stand-in in the tests
+        (which also passes its own ``cublas_library``, else :func:`cupy_cublas.find_library`
+        finds it)."""
         super().__init__()
         self.xp = cupy
         self._reason = reason
@@ -198,6 +337,7 @@ class CupyBackend(Backend):
         self._module = None
         self._functions: dict = {}
         self._launches: collections.Counter = collections.Counter()
+        self._host_calls = 0
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         self._max_blocks = _BLOCKS_PER_SM * int(props["multiProcessorCount"])
         # alpha and beta of each GEMM: host memory whose address is taken once
@@ -205,6 +345,9 @@ class CupyBackend(Backend):
         self._scalar_ptr = {dt: arr.ctypes.data for dt, arr in self._scalars.items()}
         self._gemm_checked: dict = {}
         self._index_ranges: dict = {}     # id(index buffer) -> (weakref, min, max)
+        self._cublas_library = cublas_library
+        self._blas = None                 # the ctypes cuBLAS (cupy_cublas.Cublas), made lazily
+        self._blas_reason = None          # why there is none, once that is known
 
     def describe(self) -> str:
         tf32 = "on" if _tf32_enabled(self.xp) else "off"
@@ -247,6 +390,13 @@ class CupyBackend(Backend):
         grid = min(-(-int(work) // per_block), self._max_blocks)
         self._function(name, dtype)((grid,), (_BLOCK,), args)
         self._launches[name] += 1
+        self._host_calls += 1
+
+    def _launch_one(self, name, args):
+        """One block of one thread (the step state's kernels)."""
+        self._function(name, _F32)((1,), (1,), args)
+        self._launches[name] += 1
+        self._host_calls += 1
 
     def load_kernels(self, dtypes=("float32", "float64")) -> None:
         """Compile fused.cu (or load it from CuPy's cache), look up every kernel and check the
@@ -256,16 +406,67 @@ class CupyBackend(Backend):
             for name in TEMPLATE_KERNELS:
                 self._function(name, dt)
             self._gemm_works(dt)
-        self._function("random_uniform", _F32)
+        for name in PLAIN_KERNELS:
+            self._function(name, _F32)
 
     def compile_stats(self) -> dict:
         """``kernels``: kernel functions loaded; ``compiled``: the same count (CuPy does not say
         whether NVRTC ran or its disk cache answered: a warm-up's seconds tell); ``cache_hits``:
-        0."""
+        0; ``compiled_epochs``: epochs run as CUDA-graph replays so far."""
+        from . import cupy_graph
         n = len(self._functions)
-        return {"kernels": n, "compiled": n, "cache_hits": 0}
+        return {"kernels": n, "compiled": n, "cache_hits": 0,
+                "compiled_epochs": cupy_graph.STATS["graph_epochs"]}
+
+    # ------------------------------------------------------------------ the captured epoch
+    def compiles_epochs(self) -> bool:
+        """True unless ``BPGPU_CUDA_GRAPH=0`` (:func:`cupy_graph.enabled`)."""
+        from . import cupy_graph
+        return cupy_graph.enabled()
+
+    @contextlib.contextmanager
+    def compiled_epoch_mode(self, mode: str):
+        """Within the block epochs run as CUDA-graph replays never ("0"), always ("1") or by
+        size ("auto"), whatever ``BPGPU_CUDA_GRAPH`` says (:func:`cupy_graph.override`)."""
+        from . import cupy_graph
+        with cupy_graph.override(mode):
+            yield
+
+    def compiled_epoch(self, model, ws, X_dev, T_dev, optimizer, **step_options):
+        """The epoch's full batches as replays of ONE captured training step (a CUDA graph
+        recorded from ``model.train_step``: bpgpu.backends.cupy_graph); None when
+        ``BPGPU_CUDA_GRAPH=0``."""
+        from . import cupy_graph
+        if not cupy_graph.enabled():
+            return None
+        return cupy_graph.GraphEpoch(self, model, ws, X_dev, T_dev, optimizer, step_options)
+
+    def capture_ready(self, dtype):
+        """None when a training step in ``dtype`` can be captured here (GEMMs through the
+        ctypes cuBLAS, which has checked out), else why not."""
+        if not self._gemm_works(np.dtype(dtype)):
+            return "cuBLAS failed its check GEMM"
+        if self._blas is None:
+            return f"GEMMs cannot be captured: {self._blas_reason}"
+        return None
+
+    def stream_ptr(self) -> int:
+        """The current CUDA stream (what kernels launch on and GEMMs are bound to)."""
+        return self.xp.cuda.get_current_stream().ptr
 
     # ------------------------------------------------------------------ cuBLAS
+    def _ctypes_blas(self):
+        """The ctypes cuBLAS (made on first use), or None with :attr:`_blas_reason` saying why."""
+        if self._blas is None and self._blas_reason is None:
+            from . import cupy_cublas
+            try:
+                path = self._cublas_library or cupy_cublas.find_library()[0]
+                workspace = self.xp.empty(cupy_cublas.WORKSPACE_BYTES, np.uint8)
+                self._blas = cupy_cublas.Cublas(path, workspace)
+            except cupy_cublas.CublasUnavailable as exc:
+                self._blas_reason = f"cuBLAS through ctypes is unavailable ({exc})"
+        return self._blas
+
     def _gemm_ex(self, a_ptr, lda, trans_a, b_ptr, ldb, trans_b, c_ptr, m, n, k, alpha, beta,
                  dtype, tf32):
         """Row-major ``C (m, n) = alpha op(A) op(B) + beta C`` as one cublasGemmEx call.
@@ -273,7 +474,8 @@ class CupyBackend(Backend):
         cuBLAS is column-major: a row-major (r, c) array is its transpose with leading dimension
         c, so the call computes ``C^T = alpha op(B)^T op(A)^T + beta C^T`` -- B first, m and n
         swapped, each operand transposed exactly when the row-major op transposes it. ``lda`` /
-        ``ldb`` are the row lengths of A and B as stored; ``C``'s is n.
+        ``ldb`` are the row lengths of A and B as stored; ``C``'s is n. The call goes to the
+        ctypes cuBLAS on the current stream where there is one, else to CuPy's.
         """
         cublas = self._cublas
         scalars = self._scalars[dtype]
@@ -287,46 +489,60 @@ class CupyBackend(Backend):
             compute = cublas.CUBLAS_COMPUTE_32F_FAST_TF32
         else:
             compute = cublas.CUBLAS_COMPUTE_32F
-        cublas.gemmEx(self._device.get_cublas_handle(),
-                      cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N,
-                      cublas.CUBLAS_OP_T if trans_a else cublas.CUBLAS_OP_N,
-                      n, m, k, ptr, b_ptr, data, max(1, ldb), a_ptr, data, max(1, lda),
-                      ptr + dtype.itemsize, c_ptr, data, max(1, n), compute,
-                      cublas.CUBLAS_GEMM_DEFAULT)
+        args = (cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N,
+                cublas.CUBLAS_OP_T if trans_a else cublas.CUBLAS_OP_N,
+                n, m, k, ptr, b_ptr, data, max(1, ldb), a_ptr, data, max(1, lda),
+                ptr + dtype.itemsize, c_ptr, data, max(1, n), compute, cublas.CUBLAS_GEMM_DEFAULT)
+        if self._blas is not None:
+            self._blas.gemm_ex(self.stream_ptr(), *args)
+        else:
+            cublas.gemmEx(self._device.get_cublas_handle(), *args)
+        self._launches["cublas_gemm"] += 1
+        self._host_calls += 1
+
+    def _gemm_check(self, dtype) -> bool:
+        """One small GEMM on integers (exact in any precision, TF32 included) on the route in
+        use: True when it gives the exact answer (not counted as the model's work)."""
+        xp = self.xp
+        a = np.arange(1.0, 7.0).reshape(3, 2)       # used transposed: (2, 3)
+        b = np.arange(-6.0, 6.0).reshape(3, 4)
+        c = np.arange(8.0).reshape(2, 4)
+        want = -0.5 * (a.T @ b) + 2.0 * c
+        counted = self._launches["cublas_gemm"], self._host_calls
+        try:
+            ad, bd, cd = (xp.asarray(v, dtype=dtype) for v in (a, b, c))
+            self._gemm_ex(ad.data.ptr, 2, True, bd.data.ptr, 4, False, cd.data.ptr,
+                          2, 4, 3, -0.5, 2.0, dtype, True)
+            return bool(np.array_equal(xp.asnumpy(cd), want))
+        except Exception:            # a broken cuBLAS: matmul reports it at the first GEMM
+            return False
+        finally:
+            self._launches["cublas_gemm"], self._host_calls = counted
 
     def _gemm_works(self, dtype) -> bool:
-        """Check the cublasGemmEx path once per dtype on small integers (exact in any precision,
-        TF32 included); on any failure every GEMM goes to CuPy's matmul instead."""
+        """Check the cuBLAS path once per dtype: the ctypes cuBLAS where it loads, else (or
+        where it fails the check) CuPy's; on any failure every GEMM goes to CuPy's matmul."""
         ok = self._gemm_checked.get(dtype)
         if ok is None:
-            xp = self.xp
-            a = np.arange(1.0, 7.0).reshape(3, 2)       # used transposed: (2, 3)
-            b = np.arange(-6.0, 6.0).reshape(3, 4)
-            c = np.arange(8.0).reshape(2, 4)
-            want = -0.5 * (a.T @ b) + 2.0 * c
-            try:
-                ad, bd, cd = (xp.asarray(v, dtype=dtype) for v in (a, b, c))
-                self._gemm_ex(ad.data.ptr, 2, True, bd.data.ptr, 4, False, cd.data.ptr,
-                              2, 4, 3, -0.5, 2.0, dtype, True)
-                ok = bool(np.array_equal(xp.asnumpy(cd), want))
-            except Exception:            # a broken cuBLAS: matmul reports it at the first GEMM
-                ok = False
+            self._ctypes_blas()
+            ok = self._gemm_check(dtype)
+            if not ok and self._blas is not None:     # CuPy's route instead, for every dtype
+                self._blas, self._blas_reason = None, "the ctypes cuBLAS failed its check GEMM"
+                self._gemm_checked.clear()
+                ok = self._gemm_check(dtype)
             self._gemm_checked[dtype] = ok
         return ok
 
     def fuses_sgd(self, dtype) -> bool:
         """True for float32 and float64 once the cublasGemmEx path has checked out: one GEMM
-        with ``alpha = -lr`` and ``beta = 1 - lr * wd`` updates the weights in place."""
+        with ``alpha = -lr`` and ``beta = 1 - lr * wd`` updates the weights in place (where the
+        dtype represents that decay: :meth:`bpgpu.optim.SGD.fused_sgd` decides)."""
         dtype = np.dtype(dtype)
         return dtype in _CTYPE and self._gemm_works(dtype)
 
     def gemm(self, a, b, out, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
              beta: float = 0.0):
-        dtype = out.dtype
-        if not (dtype in _CTYPE and a.dtype == dtype and b.dtype == dtype
-                and a.ndim == 2 and b.ndim == 2 and out.ndim == 2 and a._c_contiguous
-                and b._c_contiguous and out._c_contiguous and self._gemm_works(dtype)
-                and not _overlap(out, a) and not _overlap(out, b)):
+        if not _fits_gemm(self, a, b, out):
             return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
         m, n = out.shape
         k = a.shape[0] if trans_a else a.shape[1]
@@ -337,42 +553,39 @@ class CupyBackend(Backend):
                              f"{b.shape} (trans {trans_b}) does not give {out.shape}")
         if out.size:
             self._gemm_ex(a.data.ptr, a.shape[1], trans_a, b.data.ptr, b.shape[1], trans_b,
-                          out.data.ptr, m, n, k, alpha, beta, dtype, True)
-            self._launches["cublas_gemm"] += 1
+                          out.data.ptr, m, n, k, alpha, beta, out.dtype, True)
         return out
 
     def column_sums(self, d, out, alpha: float = 1.0, beta: float = 0.0):
         """``out = alpha * ones(B) @ d + beta * out``: one GEMM of a row of ones (never TF32)."""
-        if not (_ok_rows(d, out) and self._gemm_works(d.dtype)):
+        if not _fits_column_sums(self, d, out):
             return super().column_sums(d, out, alpha, beta)
         rows, cols = d.shape
         if cols:
             ones = self._ones(rows, d.dtype)
             self._gemm_ex(ones.data.ptr, rows, False, d.data.ptr, cols, False, out.data.ptr,
                           1, cols, rows, alpha, beta, d.dtype, False)
-            self._launches["cublas_gemm"] += 1
         return out
 
     # ------------------------------------------------------------------ fused ops
     def bias_activation(self, z, bias, activation: str):
-        code = ACT_CODES.get(activation)
-        if code is None or not _ok_rows(z, bias):
+        if not _fits_bias_activation(self, z, bias, activation):
             return super().bias_activation(z, bias, activation)
         rows, cols = z.shape
         if activation == "softmax":
+            launch.require_columns(z, "bias_activation (softmax)")
             self._launch("bias_softmax", z.dtype, rows, (z, bias, np.int64(rows), np.int32(cols)),
                          per_row=True)
         else:
             self._launch("bias_activation", z.dtype, z.size,
-                         (z, bias, np.int64(z.size), np.int32(cols), np.int32(code),
-                          EXP_LIMIT[z.dtype]))
+                         (z, bias, np.int64(z.size), np.int32(cols),
+                          np.int32(ACT_CODES[activation]), EXP_LIMIT[z.dtype]))
         return z
 
     def activation_backward(self, delta, a, activation: str):
         if activation == "identity":
             return delta
-        code = ACT_CODES.get(activation)
-        if code is None or not _ok(delta, a) or delta.ndim != 2:
+        if not _fits_activation_backward(self, delta, a, activation):
             return super().activation_backward(delta, a, activation)
         rows, cols = delta.shape
         if activation == "softmax":
@@ -380,13 +593,11 @@ class CupyBackend(Backend):
                          (delta, a, np.int64(rows), np.int32(cols)), per_row=True)
         else:
             self._launch("activation_backward", delta.dtype, delta.size,
-                         (delta, a, np.int64(delta.size), np.int32(code)))
+                         (delta, a, np.int64(delta.size), np.int32(ACT_CODES[activation])))
         return delta
 
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if (loss not in LOSS_CODES or output not in ACT_CODES or not _ok(a, y, delta)
-                or a.ndim != 2 or a.shape[0] == 0 or (loss_acc is not None
-                                                      and not _ok_acc(loss_acc))):
+        if not _fits_output_delta(self, a, y, delta, output, loss, loss_acc):
             return super().output_delta(a, y, delta, output, loss, loss_acc)
         t = a.dtype.type
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
@@ -399,8 +610,9 @@ class CupyBackend(Backend):
         return delta
 
     def count_correct(self, a, y, acc):
-        if not (_ok(a, y) and a.ndim == 2 and _ok_acc(acc)):
+        if not _fits_count_correct(self, a, y, acc):
             return super().count_correct(a, y, acc)
+        launch.require_columns(a, "count_correct")
         rows, cols = a.shape
         self._launch("count_correct", a.dtype, rows, (a, y, np.int64(rows), np.int32(cols), acc),
                      per_row=True)
@@ -428,24 +640,23 @@ class CupyBackend(Backend):
         once per index buffer (see :meth:`_index_range`); should a checked buffer be changed in
         place afterwards, the kernel still never reads out of bounds: such a row comes out NaN,
         which training reports as divergence."""
-        scaled = data.dtype == np.uint8
-        if not (out.dtype in _CTYPE and out.ndim == 2 and data.ndim == 2 and idx.ndim == 1
-                and idx.dtype == np.int64 and out.shape == (idx.shape[0], data.shape[1])
-                and (scaled or data.dtype == out.dtype) and out._c_contiguous
-                and data._c_contiguous and idx._c_contiguous):
+        if not _fits_gather_rows(self, data, idx, out):
             return super().gather_rows(data, idx, out, scale, shift)
-        rows, cols = out.shape
         self._check_indices(idx, data.shape[0])
-        if scaled:
-            t = out.dtype.type
-            self._launch("gather_scale", out.dtype, out.size,
-                         (data, idx, out, np.int64(out.size), np.int32(cols),
-                          np.int64(data.shape[0]), t(scale), t(shift)))
-        else:
-            self._launch("gather", out.dtype, out.size,
-                         (data, idx, out, np.int64(out.size), np.int32(cols),
-                          np.int64(data.shape[0])))
+        name, args = self.gather_launch(data, out, scale, shift)
+        self._launch(name, out.dtype, out.size, args[:1] + (idx,) + args[1:])
         return out
+
+    def gather_launch(self, data, out, scale, shift):
+        """``(kernel, arguments without the index array)`` of the row gather into ``out``:
+        ``gather_scale`` for uint8 data, ``gather`` for float data (the captured step launches
+        the same kernel's "_at" form with the same arguments)."""
+        rows, cols = out.shape
+        common = (out, np.int64(out.size), np.int32(cols), np.int64(data.shape[0]))
+        if data.dtype == np.uint8:
+            t = out.dtype.type
+            return "gather_scale", (data,) + common + (t(scale), t(shift))
+        return "gather", (data,) + common
 
     def _check_indices(self, idx, n_rows):
         """IndexError for a row index outside ``[0, n_rows)``, read once per index buffer."""
@@ -463,28 +674,31 @@ class CupyBackend(Backend):
         """As the reference, in one kernel (``gather_augmented[_scale]`` in fused.cu: one block
         per image). Row indices are checked as :meth:`gather_rows` checks them; the elastic
         field, when there is one, comes from :meth:`elastic_field` (two cuBLAS GEMMs)."""
-        scaled = data.dtype == np.uint8
-        height, width, translate = int(height), int(width), int(translate)
-        rows = out.shape[0] if out.ndim == 2 else -1
-        if not launch.fits_augmented_gather(data, idx, out, uniform, field, height, width,
-                                            translate, contiguous=_contiguous, index=_index):
+        if not _fits_gather_augmented(self, data, idx, out, uniform, field, height, width,
+                                      translate):
             return super().gather_augmented(data, idx, out, uniform, field, height, width,
                                             translate, rotate, zoom, shear, flip, scale, shift)
         self._check_indices(idx, data.shape[0])
+        name, args = self.gather_augmented_launch(data, out, uniform, field, height, width,
+                                                  translate, rotate, zoom, shear, flip, scale,
+                                                  shift)
+        self._launch(name, out.dtype, out.shape[0], args[:1] + (idx,) + args[1:],
+                     per_block=True)
+        return out
+
+    def gather_augmented_launch(self, data, out, uniform, field, height, width, translate,
+                                rotate, zoom, shear, flip, scale, shift):
+        """``(kernel, arguments without the index array)`` of the augmented gather (as
+        :meth:`gather_launch`)."""
         has_field = field is not None
-        geometry = (np.int32(has_field), np.int64(rows), np.int64(data.shape[0]),
+        geometry = (np.int32(has_field), np.int64(out.shape[0]), np.int64(data.shape[0]),
                     np.int32(height), np.int32(width), np.int32(translate), np.float64(rotate),
                     np.float64(zoom), np.float64(shear), np.float64(flip))
-        field = field if has_field else out           # never read without a field
-        if scaled:
+        arrays = (data, out, uniform, field if has_field else out)   # never read without one
+        if data.dtype == np.uint8:
             t = out.dtype.type
-            self._launch("gather_augmented_scale", out.dtype, rows,
-                         (data, idx, out, uniform, field) + geometry + (t(scale), t(shift)),
-                         per_block=True)
-        else:
-            self._launch("gather_augmented", out.dtype, rows,
-                         (data, idx, out, uniform, field) + geometry, per_block=True)
-        return out
+            return "gather_augmented_scale", arrays + geometry + (t(scale), t(shift))
+        return "gather_augmented", arrays + geometry
 
     def random_uniform(self, out, key, counter, offset: int = 0):
         """As the reference, drawn on the device: one thread per block of 8 floats of the
@@ -492,23 +706,18 @@ class CupyBackend(Backend):
         if len(key) != 2 or len(counter) != 4 or int(offset) < 0:
             raise ValueError(f"random_uniform takes 2 key words, 4 counter words and an offset "
                              f">= 0, got {len(key)}, {len(counter)} and {offset}")
-        if not (out.dtype == _F32 and out._c_contiguous):
+        if not _fits_random_uniform(self, out, key, counter, offset):
             return super().random_uniform(out, key, counter, offset)
-        offset = int(offset)
         mask = (1 << 64) - 1
-        total = sum((int(c) & mask) << (64 * i) for i, c in enumerate(counter))
-        total = (total + offset // 8 + 1) & ((1 << 256) - 1)   # numpy increments, then draws
-        first = offset % 8
+        first, words = philox_counter(counter, offset)
         n = out.size
         self._launch("random_uniform", _F32, (first + n + 7) // 8,
                      (out, np.int64(n), np.int32(first), np.uint64(int(key[0]) & mask),
-                      np.uint64(int(key[1]) & mask),
-                      *(np.uint64((total >> (64 * i)) & mask) for i in range(4))))
+                      np.uint64(int(key[1]) & mask), *(np.uint64(w) for w in words)))
         return out
 
     def dropout_forward(self, a, uniform, rate: float, mask, out):
-        if not (_ok(a, mask, out) and a.ndim == 2 and uniform.dtype == _F32
-                and uniform.shape == a.shape and uniform._c_contiguous and 0.0 <= rate < 1.0):
+        if not _fits_dropout_forward(self, a, uniform, rate, mask, out):
             return super().dropout_forward(a, uniform, rate, mask, out)
         t = a.dtype.type
         self._launch("dropout_forward", a.dtype, a.size,
@@ -517,14 +726,14 @@ class CupyBackend(Backend):
         return out
 
     def dropout_backward(self, delta, mask):
-        if not _ok(delta, mask):
+        if not _fits_dropout_backward(self, delta, mask):
             return super().dropout_backward(delta, mask)
         self._launch("multiply_inplace", delta.dtype, delta.size,
                      (delta, mask, np.int64(delta.size)))
         return delta
 
     def sgd_update(self, params, grads, lr: float, weight_decay: float = 0.0, n_decay: int = 0):
-        if not (_ok(params, grads) and params.ndim == 1 and 0 <= n_decay <= params.size):
+        if not _fits_sgd_update(self, params, grads, lr, weight_decay, n_decay):
             return super().sgd_update(params, grads, lr, weight_decay, n_decay)
         t = params.dtype.type
         self._launch("sgd_update", params.dtype, params.size,
@@ -534,8 +743,8 @@ class CupyBackend(Backend):
 
     def momentum_update(self, params, grads, velocity, lr: float, momentum: float,
                         weight_decay: float = 0.0, n_decay: int = 0, nesterov: bool = False):
-        if not (_ok(params, grads, velocity) and params.ndim == 1
-                and 0 <= n_decay <= params.size):
+        if not _fits_momentum_update(self, params, grads, velocity, lr, momentum,
+                                     weight_decay, n_decay, nesterov):
             return super().momentum_update(params, grads, velocity, lr, momentum, weight_decay,
                                            n_decay, nesterov)
         t = params.dtype.type
@@ -546,12 +755,14 @@ class CupyBackend(Backend):
 
     def adam_update(self, params, grads, m, v, lr: float, beta1: float, beta2: float, eps: float,
                     step: int, weight_decay: float = 0.0, n_decay: int = 0):
-        if not (_ok(params, grads, m, v) and params.ndim == 1 and 0 <= n_decay <= params.size):
+        if not _fits_adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, step,
+                                 weight_decay, n_decay):
             return super().adam_update(params, grads, m, v, lr, beta1, beta2, eps, step,
                                        weight_decay, n_decay)
         t = params.dtype.type
+        lr_t, inv_bias2 = adam_scalars(params.dtype, lr, beta1, beta2, step)
+        b1, c1, b2, c2, eps_t = adam_constants(params.dtype, beta1, beta2, eps)
         self._launch("adam_update", params.dtype, params.size,
-                     (params, grads, m, v, t(lr / (1 - beta1 ** step)), t(beta1), t(1 - beta1),
-                      t(beta2), t(1 - beta2), t(eps), t(1.0 / (1 - beta2 ** step)),
+                     (params, grads, m, v, lr_t, b1, c1, b2, c2, eps_t, inv_bias2,
                       t(weight_decay), np.int64(n_decay), np.int64(params.size)))
         return params

@@ -158,6 +158,7 @@ class NumbaBackend(NumpyBackend):
         if activation == "sigmoid":
             k("bias_sigmoid", n)(z, bias, EXP_LIMIT[z.dtype])
         elif activation == "softmax":
+            launch.require_columns(z, "bias_activation (softmax)")
             k("bias_softmax", n)(z, bias)
         elif activation == "tanh":
             k("bias_tanh", n)(z, bias)
@@ -208,6 +209,7 @@ class NumbaBackend(NumpyBackend):
     def count_correct(self, a, y, acc):
         if not launch.fits_rows(a, y):
             return super().count_correct(a, y, acc)
+        launch.require_columns(a, "count_correct")
         acc += self._kernel("count_correct", a.size)(a, y)
         return acc
 

@@ -79,8 +79,15 @@ class Recorder:
 
 
 def address(arr) -> int:
-    """The address of an array's first element (numpy arrays)."""
-    return arr.__array_interface__["data"][0]
+    """The address of an array's first element (numpy arrays; device arrays through their
+    ``__cuda_array_interface__``, as CuPy's)."""
+    interface = getattr(arr, "__cuda_array_interface__", None) or arr.__array_interface__
+    return interface["data"][0]
+
+
+def _is_array(value) -> bool:
+    """A numpy array, or a device array (CuPy's: it has ``__cuda_array_interface__``)."""
+    return isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")
 
 
 class Buffers:
@@ -117,7 +124,7 @@ class Buffers:
 
 def _describe(value, buffers):
     """One recorded argument as ``(kind, ...)``: A array, K constant, I int, F float, W words."""
-    if isinstance(value, np.ndarray):
+    if _is_array(value):
         return ("A",) + buffers.locate(value)
     if value is None or isinstance(value, (bool, np.bool_, str)):
         return ("K", bool(value) if isinstance(value, np.bool_) else value)
@@ -206,7 +213,7 @@ def record(model, optimizer, ws, X_dev, T_dev, options, rows_list) -> Recording:
     named += [(f"opt.{name}", getattr(optimizer, name)) for name in optimizer.buffers]
     named += [(f"ws.{name}", arr) for name, arr in ws.named_arrays()]
     named += [("X", X_dev), ("T", T_dev), ("order", order)]
-    if isinstance(options.get("metrics"), np.ndarray):
+    if _is_array(options.get("metrics")):
         named.append(("metrics", options["metrics"]))
     buffers = Buffers(named)
     if options.get("gradient_hook") is not None:

@@ -12,6 +12,12 @@ launch, the buffers passed only as ``const`` arguments are mapped read-only.
 ``cupy.ndarray`` that the cupy backend reads (``data.ptr``, ``_c_contiguous``, ``set``, ``get``).
 Arrays that numpy creates from device arrays (ufunc results, reductions) are DeviceArrays in
 ordinary host memory: the reference ops may use them, a kernel launch refuses them.
+
+While a stream captures a CUDA graph (:func:`capturing`), an allocation, a host transfer (a
+read or write of device data by the host: ``get``, ``set``, an item) and any numpy operation on
+device arrays raise :class:`CaptureError`: on a GPU the first two are errors or bugs inside a
+capture, and the last would be a CuPy kernel that a GPU captures but this emulation would run at
+once, so a test could pass while the graph missed it. Views (slices, reshapes) stay allowed.
 """
 
 from __future__ import annotations
@@ -41,6 +47,20 @@ class DeviceMemoryError(Exception):
     """An access outside every device buffer (a cuBLAS operand, a kernel argument)."""
 
 
+class CaptureError(Exception):
+    """Something a stream capture cannot hold: an allocation, a host transfer, a host op."""
+
+
+#: The captures in progress in this process (the streams capturing), see :func:`no_capture`.
+CAPTURING: list = []
+
+
+def no_capture(what):
+    """Raise :class:`CaptureError` when a stream is capturing."""
+    if CAPTURING:
+        raise CaptureError(f"{what} while a stream captures a CUDA graph")
+
+
 class _Pointer:
     __slots__ = ("ptr",)
 
@@ -56,17 +76,72 @@ class DeviceArray(np.ndarray):
         return _Pointer(self.__array_interface__["data"][0])
 
     @property
+    def __cuda_array_interface__(self):
+        """CuPy's interface (the address as ``data[0]``): how code finds a device pointer."""
+        interface = dict(self.__array_interface__)
+        interface["version"] = 3
+        return interface
+
+    @property
     def _c_contiguous(self):
         return self.flags.c_contiguous
 
     def set(self, host):
+        no_capture("a host-to-device copy (ndarray.set)")
         host = np.asarray(host)
         if host.shape != self.shape:
             raise ValueError(f"set: shape {host.shape} into {self.shape}")
         self[...] = host
 
     def get(self):
+        no_capture("a device-to-host copy (ndarray.get)")
         return np.array(self)
+
+    # ------------------------------------------------------------ the host's hands off in a capture
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        no_capture(f"numpy.{ufunc.__name__} on device arrays (a CuPy kernel on a GPU)")
+        plain = [x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, DeviceArray) else o
+                                  for o in out)
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        if isinstance(result, tuple):
+            return tuple(r.view(DeviceArray) if isinstance(r, np.ndarray) else r for r in result)
+        return result.view(DeviceArray) if isinstance(result, np.ndarray) else result
+
+    def __array_function__(self, func, types, args, kwargs):
+        no_capture(f"numpy.{func.__name__} on device arrays (a CuPy kernel on a GPU)")
+        return super().__array_function__(func, types, args, kwargs)
+
+    def __setitem__(self, key, value):
+        no_capture("a write into a device array by the host")
+        super().__setitem__(key, value)
+
+    def fill(self, value):
+        no_capture("a fill of a device array by the host")
+        super().fill(value)
+
+    def item(self, *args):
+        no_capture("a device-to-host read (item)")
+        return super().item(*args)
+
+    def tolist(self):
+        no_capture("a device-to-host read (tolist)")
+        return super().tolist()
+
+    def __float__(self):
+        no_capture("a device-to-host read (float)")
+        return super().__float__()
+
+    def __int__(self):
+        no_capture("a device-to-host read (int)")
+        return super().__int__()
+
+    def __bool__(self):
+        no_capture("a device-to-host read (bool)")
+        return super().__bool__()
 
 
 class Allocation:
@@ -114,8 +189,18 @@ class DeviceMemory:
         self._starts: list = []
         self._allocs: list = []
         self.live = 0
+        #: the stream work is issued to now (its ``ptr``; 0 the legacy default stream)
+        self.current_stream = 0
+        #: stream ptr -> the work captured on it so far (callables, replayed by a graph)
+        self.captures: dict = {}
+
+    def capture_target(self, stream=None):
+        """The list that work issued to ``stream`` (default: the current one) is captured into,
+        or None when that stream is not capturing (the work then runs at once)."""
+        return self.captures.get(self.current_stream if stream is None else stream)
 
     def empty(self, shape, dtype) -> DeviceArray:
+        no_capture("an allocation of device memory")
         dtype = np.dtype(dtype)
         shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
         alloc = Allocation(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)

@@ -66,8 +66,21 @@ class FakeCublas:
 
     def gemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
                beta, C, Ctype, ldc, computeType, algo):
+        """CuPy's ``cublas.gemmEx``: on CuPy's handle, and refused inside a capture as CuPy
+        refuses it (its ``setStream`` raises; cupy issue 6290)."""
         if handle != _HANDLE:
             raise KernelError(f"gemmEx: unknown cuBLAS handle {handle!r}")
+        if self.memory.capture_target() is not None:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently "
+                                      "unsupported")
+        self.prepare(transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
+                     Ctype, ldc, computeType, algo)()
+
+    def prepare(self, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
+                Ctype, ldc, computeType, algo):
+        """Check a ``cublasGemmEx`` call as cuBLAS does when it is made, read ``alpha`` and
+        ``beta`` (host pointer mode: their values now), and return the GEMM to run (now, or
+        when a captured graph is replayed)."""
         if not (Atype == Btype == Ctype) or Atype not in _DATA_TYPES:
             raise KernelError(f"gemmEx: data types {Atype}, {Btype}, {Ctype} (CUBLAS_STATUS_"
                               "NOT_SUPPORTED for this emulation)")
@@ -84,25 +97,29 @@ class FakeCublas:
                 raise KernelError(f"gemmEx: {what} = {ld} < max(1, {rows}) "
                                   "(CUBLAS_STATUS_INVALID_VALUE)")
         dtype = _DATA_TYPES[Atype]
-        size = dtype.itemsize
-        self.calls.append((computeType, m, n, k))
-        if m == 0 or n == 0:
-            return
         a_s, b_s = self._host_scalar(alpha, dtype), self._host_scalar(beta, dtype)
-        c = self.memory.view(C, (m, n), (size, ldc * size), dtype)
-        result = np.zeros((m, n), dtype)
-        if k > 0 and a_s != 0:
-            a = self.memory.view(A, (ra, ca), (size, lda * size), dtype)
-            b = self.memory.view(B, (rb, cb), (size, ldb * size), dtype)
-            op_a = a if transa == 0 else a.T
-            op_b = b if transb == 0 else b.T
-            if computeType == self.CUBLAS_COMPUTE_32F_FAST_TF32:
-                op_a, op_b = _tf32(op_a), _tf32(op_b)
-            with self._one_thread():
-                result = a_s * np.matmul(op_a, op_b)
-        if b_s != 0:
-            result = result + b_s * c
-        c[...] = result
+        call = (computeType, m, n, k)
+
+        def run():
+            self.calls.append(call)
+            if m == 0 or n == 0:
+                return
+            size = dtype.itemsize
+            c = self.memory.view(C, (m, n), (size, ldc * size), dtype)
+            result = np.zeros((m, n), dtype)
+            if k > 0 and a_s != 0:
+                a = self.memory.view(A, (ra, ca), (size, lda * size), dtype)
+                b = self.memory.view(B, (rb, cb), (size, ldb * size), dtype)
+                op_a = a if transa == 0 else a.T
+                op_b = b if transb == 0 else b.T
+                if computeType == self.CUBLAS_COMPUTE_32F_FAST_TF32:
+                    op_a, op_b = _tf32(op_a), _tf32(op_b)
+                with self._one_thread():
+                    result = a_s * np.matmul(op_a, op_b)
+            if b_s != 0:
+                result = result + b_s * c
+            c[...] = result
+        return run
 
 
 def _tf32(x):

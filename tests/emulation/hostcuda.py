@@ -168,7 +168,9 @@ def _dims(d, what):
 
 
 class HostKernel:
-    """One kernel of a host-compiled module, called as CuPy's RawKernel is."""
+    """One kernel of a host-compiled module, called as CuPy's RawKernel is. A launch on a
+    capturing stream is checked now and recorded, arguments by value as CUDA captures them, to
+    run when the graph is replayed."""
 
     def __init__(self, memory, lib, symbol, expr, params, on_launch=None):
         self.memory, self.expr, self.params = memory, expr, params
@@ -209,8 +211,17 @@ class HostKernel:
                 values.append(ctype(a))
         argv = (ctypes.c_void_p * max(1, len(values)))(
             *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        err = ctypes.create_string_buffer(1024)
         grid, block = _dims(grid, "grid"), _dims(block, "block")
+        run = lambda: self._run(grid, block, argv, values, owners, consts, writable)  # noqa
+        captured = self.memory.capture_target()
+        if captured is not None:       # a capturing stream: the arguments as they are now
+            captured.append(run)
+        else:
+            run()
+
+    def _run(self, grid, block, argv, values, owners, consts, writable):
+        """The launch itself (``values`` keeps the argument objects ``argv`` points to alive)."""
+        err = ctypes.create_string_buffer(1024)
         protect = [o for o in set(consts) if o not in writable]   # aliased: left writable
         for owner in protect:
             owner.read_only(True)
