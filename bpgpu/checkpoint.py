@@ -33,7 +33,7 @@ __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "write_checkpoint", "read_checkpo
 #: Version of the ``"checkpoint"`` section this bpgpu writes (it reads this one and older).
 CHECKPOINT_VERSION = 2
 _OPTIMIZER_PREFIX = "optimizer_"
-_DATA_KEYS = ("train_X", "train_y", "validation_X", "validation_y")
+_DATA_KEYS = ("train_X", "train_y", "train_w", "validation_X", "validation_y", "validation_w")
 
 
 def fingerprint(array) -> str:
@@ -45,13 +45,18 @@ def fingerprint(array) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprints(X, y, validation_data=None) -> dict:
-    """Fingerprints of a run's data by name (``train_X``, ``train_y``, ``validation_X``,
-    ``validation_y``): what a resume, and the ranks of a data-parallel run, compare."""
+def data_fingerprints(X, y, validation_data=None, sample_weight=None) -> dict:
+    """Fingerprints of a run's data by name (``train_X``, ``train_y``, and where given
+    ``train_w``, ``validation_X``, ``validation_y``, ``validation_w``): what a resume, and the
+    ranks of a data-parallel run, compare. ``validation_data`` is ``(X, y)`` or ``(X, y, w)``."""
     prints = {"train_X": fingerprint(np.asarray(X)), "train_y": fingerprint(np.asarray(y))}
+    if sample_weight is not None:
+        prints["train_w"] = fingerprint(np.asarray(sample_weight))
     if validation_data is not None:
         prints["validation_X"] = fingerprint(np.asarray(validation_data[0]))
         prints["validation_y"] = fingerprint(np.asarray(validation_data[1]))
+        if len(validation_data) > 2 and validation_data[2] is not None:
+            prints["validation_w"] = fingerprint(np.asarray(validation_data[2]))
     return prints
 
 

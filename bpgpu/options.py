@@ -165,6 +165,18 @@ class FitOptions:
         "'step:every=10,factor=0.5', 'cosine:warmup=5,min=0', 'nielsen:patience=10,halvings=7' "
         "or 'constant' (see bpgpu.schedules); nielsen holds out 10 % for validation when no "
         "validation data is given.", flag="--schedule", metavar="SPEC", optional=True)
+    class_weight: object = _option(
+        None, "spec", "Weights of the classes (integer labels): 'balanced' (n_samples / "
+        "(n_classes * count), as scikit-learn computes it) or a dict of label -> weight (JSON "
+        "on the command line); multiplies each row's sample weight. Validation is not "
+        "class-weighted.", flag="--class-weight", metavar="balanced|JSON", optional=True,
+        sklearn="class_weight")
+    continue_training: bool = _option(
+        False, "flag", "Continue the previous fit of this model: its optimizer state, epoch "
+        "count, schedule state, early-stopping state and validation split carry over, the "
+        "generator and step count are the model's own, and epochs more epochs run "
+        "(fit(epochs=2) then fit(epochs=3, continue_training=True) equals fit(epochs=5)). The "
+        "first fit of a model simply trains.", resume=FREE)
     checkpoint: str | None = _option(
         None, "path", "Write a checkpoint (everything a resumed run needs) here, atomically, "
         "every checkpoint_every epochs, after the last one, and when training is interrupted.",

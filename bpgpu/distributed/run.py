@@ -59,11 +59,13 @@ class DistributedRun(Run):
         guard, count_correct = self.interrupt, self.count_correct
         layer_hook = reducer.layer_ready if self.par.overlap else None
         last = len(self.shares) - 1
+        factors = self.factors
         for i, (lo, hi, offset, scale) in enumerate(self.shares):
             reducer.begin(guard.local is not None)
             model.train_step(ws.view(hi - lo), X_dev, T_dev, order[lo:hi], opt, metrics=metrics,
                              count_correct=count_correct, gradient_hook=reducer.finish,
-                             row_offset=offset, grad_scale=scale, layer_hook=layer_hook)
+                             row_offset=offset, grad_scale=scale, layer_hook=layer_hook,
+                             weights=None if factors is None else factors[lo:hi])
             if i < last and reducer.stop_requested():   # after the last step: _end_epoch agrees
                 self._stop_together()
             if bar is not None:
