@@ -26,6 +26,7 @@ from .activations import check_activation, check_output_loss
 from .backends import get_backend
 from .errors import ConfigError, DataError
 from .init import init_params
+from .rows import in_memory, read_rows
 from .streams import dropout_counter, stream_key
 from .weights import check_sample_weight, row_factors
 from .workspace import Workspace
@@ -34,7 +35,9 @@ __all__ = ["Network", "DTYPES"]
 
 #: The float types a model can compute in, by name (the CLI's --dtype choices).
 DTYPES = {"float32": np.float32, "float64": np.float64}
-_EVAL_CHUNK = 8192  # rows per forward pass at inference: bounds workspace memory
+#: Rows per forward pass at inference, at most, and elements of the widest layer's chunk, at
+#: most (8 Mi: 32 MB in float32): together they bound an inference workspace's memory.
+_EVAL_CHUNK, _EVAL_ELEMENTS = 8192, 1 << 23
 
 
 class Network:
@@ -481,10 +484,14 @@ class Network:
         if T_dev is not None:
             be.copy(T_dev[start:stop], ws.y)
 
+    def _eval_rows(self) -> int:
+        """Rows of an inference chunk: :data:`_EVAL_CHUNK`, fewer for very wide layers."""
+        return max(1, min(_EVAL_CHUNK, _EVAL_ELEMENTS // max(self.sizes)))
+
     def _chunks(self, X_dev, T_dev=None):
         """Yield workspaces holding successive chunks of ``X_dev`` after a forward pass."""
         n = X_dev.shape[0]
-        full = self.workspace(min(n, _EVAL_CHUNK))
+        full = self.workspace(min(n, self._eval_rows()))
         for start in range(0, n, full.rows):
             stop = min(start + full.rows, n)
             ws = full.view(stop - start)
@@ -492,12 +499,34 @@ class Network:
             self.forward(ws)
             yield start, stop, ws
 
+    def _stream_chunks(self, X, y=None):
+        """:meth:`_chunks` of inputs that are not in memory (bpgpu.rows): each chunk of rows
+        read, moved to the device and, with labels or targets ``y``, its targets built."""
+        n = X.shape[0]
+        if n == 0:
+            raise DataError("inputs are empty (0 samples)")
+        full = self.workspace(min(n, self._eval_rows()))
+        for start in range(0, n, full.rows):
+            stop = min(start + full.rows, n)
+            ws = full.view(stop - start)
+            X_dev = self.prepare_inputs(read_rows(X, np.arange(start, stop)))
+            T_dev = None if y is None else self.backend.asarray(
+                self.targets_from(y[start:stop], stop - start))
+            self._set_batch(ws, X_dev, T_dev, 0, stop - start)
+            self.forward(ws)
+            yield start, stop, ws
+
     # ------------------------------------------------------------------ public inference API
     def predict_proba(self, X):
-        """Output-layer activations for ``X``, shape (N, n_out), host numpy."""
-        X_dev = self.prepare_inputs(X)
-        out = np.empty((X_dev.shape[0], self.sizes[-1]), self.dtype)
-        for start, stop, ws in self._chunks(X_dev):
+        """Output-layer activations for ``X``, shape (N, n_out), host numpy. ``X`` may be an
+        array-like that is not in memory (a memmap, an h5py or zarr dataset): read in chunks."""
+        if not in_memory(X) and hasattr(X, "shape") and hasattr(X, "dtype"):
+            chunks, n = self._stream_chunks(X), X.shape[0]
+        else:
+            X_dev = self.prepare_inputs(X)
+            chunks, n = self._chunks(X_dev), X_dev.shape[0]
+        out = np.empty((n, self.sizes[-1]), self.dtype)
+        for start, stop, ws in chunks:
             out[start:stop] = self.backend.to_host(ws.a[-1])
         return out
 
@@ -525,10 +554,22 @@ class Network:
         ``sum(w loss) / sum(w)``; accuracy always counts rows (for a :attr:`multilabel` network
         the share of rows whose every label is right, computed from the outputs on the host).
         """
+        return self._metrics(self._chunks(X_dev, T_dev), X_dev.shape[0], W_dev)
+
+    def metrics(self, X, y, W_dev=None):
+        """:meth:`metrics_on_device` of host data: in memory, or an array-like read in chunks
+        (labels or targets ``y`` in memory)."""
+        if in_memory(X) or not (hasattr(X, "shape") and hasattr(X, "dtype")):
+            X_dev = self.prepare_inputs(X)
+            T_dev = self.backend.asarray(self.targets_from(y, X_dev.shape[0]))
+            return self.metrics_on_device(X_dev, T_dev, W_dev)
+        return self._metrics(self._stream_chunks(X, y), X.shape[0], W_dev)
+
+    def _metrics(self, chunks, n, W_dev):
         be = self.backend
         acc = be.zeros((2,), np.float64)
         correct_rows = 0
-        for start, stop, ws in self._chunks(X_dev, T_dev):
+        for start, stop, ws in chunks:
             w = None if W_dev is None else W_dev[start:stop]
             be.loss_sum(ws.a[-1], ws.y, self.loss_name, acc[0:1], w)
             if self.multilabel:
@@ -537,7 +578,6 @@ class Network:
             else:
                 be.count_correct(ws.a[-1], ws.y, acc[1:2])
         loss_sum, correct = be.to_host(acc)
-        n = X_dev.shape[0]
         total = n if W_dev is None else float(be.to_host(W_dev).sum())
         return float(loss_sum) / total, (correct_rows if self.multilabel else float(correct)) / n
 
@@ -552,16 +592,14 @@ class Network:
             network reports "accuracy" as the subset accuracy (every label of a row right) and
             "hamming_loss" (the share of wrong labels).
         """
-        X_dev = self.prepare_inputs(X)
-        T = self.targets_from(y, X_dev.shape[0])
-        T_dev = self.backend.asarray(T)
         W_dev = None
         if sample_weight is not None:
-            w = check_sample_weight(sample_weight, X_dev.shape[0])
+            w = check_sample_weight(sample_weight, len(y))
             W_dev = self.backend.asarray(w.astype(self.dtype))
-        loss, accuracy = self.metrics_on_device(X_dev, T_dev, W_dev)
+        loss, accuracy = self.metrics(X, y, W_dev)
         result = {"loss": loss, "accuracy": accuracy}
         if self.multilabel:
+            T = self.targets_from(y, len(y))
             wrong = (self.predict_proba(X) >= 0.5) != (T >= 0.5)
             result["hamming_loss"] = float(wrong.mean())
         return result

@@ -184,6 +184,20 @@ class FitOptions:
     checkpoint_every: int = _option(
         1, "count", "Write the checkpoint every this many epochs.", flag="--checkpoint-every",
         metavar="N", resume=RESTORE)
+    log: str | None = _option(
+        None, "path", "Append one row per completed epoch (epoch, seconds, samples/s, rate, "
+        "training and validation loss and accuracy, backend) to this CSV (.csv) or JSON Lines "
+        "(.jsonl) file, flushed and fsynced as each epoch ends (bpgpu.runlog); a resumed run "
+        "continues it.", flag="--log", metavar="PATH", resume=RESTORE, ranks=PRESENCE,
+        optional=True)
+    tensorboard: str | None = _option(
+        None, "path", "Write TensorBoard event files to this directory through tensorboardX: "
+        "the scalars of every epoch and the hyper-parameters once (bpgpu.tensorboard).",
+        flag="--tensorboard", metavar="DIR", resume=RESTORE, ranks=PRESENCE, optional=True)
+    tensorboard_histograms: int | None = _option(
+        None, "count", "With tensorboard: the weights and biases of every layer as histograms "
+        "every this many epochs.", flag="--tensorboard-histograms", metavar="N",
+        resume=RESTORE, optional=True)
     resume: str | None = _option(
         None, "path", "Continue from this checkpoint: the model must have its architecture, "
         "the data and the options that shape the trajectory must be the same. The result is "

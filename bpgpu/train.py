@@ -36,9 +36,11 @@ from ._compat import optional_import
 from .augment import make_augment
 from .checkpoint import data_fingerprints, read_checkpoint, write_checkpoint
 from .errors import ConfigError, DataError
+from .feeder import BatchFeeder
 from .history import History
 from .optim import make_optimizer
 from .options import FitOptions, parameters_doc, signature
+from .rows import RowView, as_rows, in_memory, row_count
 from .schedules import Constant, make_schedule
 from .signals import InterruptGuard, Stopped, TrainingInterrupted
 from .weights import check_sample_weight, class_weights, row_factors
@@ -221,7 +223,7 @@ def _plan(model, X, y, sample_weight, validation_data, opts, info, saved, distri
     X, y, weights, validation_data = _arrays(model, X, y, sample_weight, validation_data, opts)
     aug = make_augment(opts.augment)
     if aug is not None:
-        aug = aug.resolved(model.sizes[0], X.shape[1:] if X.ndim == 3 else None)
+        aug = aug.resolved(model.sizes[0], X.shape[1:] if len(X.shape) == 3 else None)
     continued = model.training_state if opts.continue_training else None
     if continued is not None and continued.optimizer != opts.optimizer:
         raise ConfigError(f"continue_training: the previous fit used optimizer "
@@ -261,23 +263,23 @@ def _plan(model, X, y, sample_weight, validation_data, opts, info, saved, distri
 def _arrays(model, X, y, sample_weight, validation_data, opts):
     """``(X, y, training weights or None, (X_val, y_val, weights or None) or None)``: the data
     checked, the class weights multiplied into the sample weights."""
-    X = np.asarray(X)
+    X = as_rows(X)                  # an array-like that is not in memory stays where it is
     y = np.asarray(y)
-    if X.ndim < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
+    if len(X.shape) < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
         raise DataError(f"X and y must have the same number of samples, got {X.shape} and "
                         f"{y.shape}")
-    weights = None if sample_weight is None else check_sample_weight(sample_weight, len(X))
+    weights = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
     per_class = class_weights(opts.class_weight, y, model.sizes[-1])
     if per_class is not None:
         weights = per_class if weights is None else weights * per_class
-        check_sample_weight(weights, len(X), "sample_weight times class_weight")
+        check_sample_weight(weights, X.shape[0], "sample_weight times class_weight")
     if validation_data is not None:
         if len(validation_data) not in (2, 3):
             raise DataError("validation_data must be (X_val, y_val) or (X_val, y_val, "
                             f"sample_weight_val), got {len(validation_data)} items")
         Xv, yv = validation_data[:2]
         wv = validation_data[2] if len(validation_data) == 3 else None
-        wv = None if wv is None else check_sample_weight(wv, len(Xv), "sample_weight_val")
+        wv = None if wv is None else check_sample_weight(wv, Xv.shape[0], "sample_weight_val")
         validation_data = (Xv, yv, wv)
     return X, y, weights, validation_data
 
@@ -292,8 +294,10 @@ def _split(rng, X, y, weights, fraction, previous, continued):
     train, val = _split_validation(rng, X.shape[0], fraction)
     if continued is not None:
         rng.bit_generator.state = now
-    validation = (X[val], y[val], None if weights is None else weights[val])
-    return (X[train], y[train], None if weights is None else weights[train], validation,
+    def rows(index):                # a copy in memory; a view of the rows out of it
+        return X[index] if in_memory(X) else RowView(X, index)
+    validation = (rows(val), y[val], None if weights is None else weights[val])
+    return (rows(train), y[train], None if weights is None else weights[train], validation,
             split_state)
 
 
@@ -312,20 +316,29 @@ class Run:
         opts = self.options = plan.options
         self.opt, self.schedule = plan.optimizer, plan.schedule
         be = self.be = model.backend
-        self.X_dev = model.prepare_inputs(plan.X)
-        self.T_dev = be.asarray(model.targets_from(plan.y, self.X_dev.shape[0]))
-        self.n = self.X_dev.shape[0]
-        self.val = None
+        self.batch = min(opts.batch_size, row_count(plan.X))
+        self.feeder = None
+        if in_memory(plan.X):           # uploaded once, gathered on the device step by step
+            self.X_dev = model.prepare_inputs(plan.X)
+            self.T_dev = be.asarray(model.targets_from(plan.y, self.X_dev.shape[0]))
+        else:                           # read batch by batch (bpgpu.feeder)
+            self.X_dev = self.T_dev = None
+            self.feeder = BatchFeeder(model, plan.X, np.asarray(plan.y), self.batch)
+        self.n = row_count(plan.X)
+        self.val, self.val_on_device = None, True
         if plan.validation_data is not None:
             Xv, yv = plan.validation_data
-            Xv_dev = model.prepare_inputs(Xv)
-            self.val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
+            self.val_on_device = in_memory(Xv)
+            if self.val_on_device:
+                Xv_dev = model.prepare_inputs(Xv)
+                self.val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
+            else:
+                self.val = (Xv, np.asarray(yv))
         self.classify = (model.output == "softmax" or model.multilabel
                          or np.asarray(plan.y).dtype.kind in "iub")
         self.train_metrics = opts.train_metrics
         self.count_correct = self.classify and opts.train_metrics and not model.multilabel
         self.shuffle, self.patience = opts.shuffle, opts.early_stopping
-        self.batch = min(opts.batch_size, self.n)
         self.ws = model.workspace(self.batch, dropout=opts.dropout, augment=plan.augment)
         self.metrics = be.zeros((2,), np.float64)    # [loss sum, correct count] of the epoch
         # sample weights: the epoch's per-row factors, rewritten in place every epoch
@@ -335,11 +348,13 @@ class Run:
                            else be.asarray(plan.validation_weight.astype(model.dtype)))
         step_options = {} if self.factors is None else {"weights": self.factors}
         # the whole epoch as one compiled call where the backend has one (numba), else None
-        self.compiled = be.compiled_epoch(model, self.ws, self.X_dev, self.T_dev, self.opt,
-                                          metrics=self.metrics if opts.train_metrics else None,
-                                          count_correct=self.count_correct, **step_options)
+        self.compiled = None if self.feeder is not None else be.compiled_epoch(
+            model, self.ws, self.X_dev, self.T_dev, self.opt,
+            metrics=self.metrics if opts.train_metrics else None,
+            count_correct=self.count_correct, **step_options)
         self.epochs = plan.epochs
         self.previous_loss = None                     # the epoch before this run's first
+        self.listeners = []                           # made when training starts
         self.best = be.empty((model.n_params,), model.dtype) if self.patience else None
         self.best_val, self.since_best = math.inf, 0
         self.history = History(backend=be.name)
@@ -356,6 +371,21 @@ class Run:
     def interrupt_guard(self):
         """The signal guard of this run (hook): :class:`~bpgpu.signals.InterruptGuard`."""
         return InterruptGuard()
+
+    def make_listeners(self) -> list:
+        """What watches this run's epochs (hook; a data-parallel run's rank 0 alone has them):
+        the per-epoch log (bpgpu.runlog) and TensorBoard (bpgpu.tensorboard), as the options
+        ask. Each has ``append(history)`` after every recorded epoch and ``close()``."""
+        opts, listeners = self.options, []
+        continues = self.plan.continued.epoch if self.plan.continued is not None else None
+        if opts.log is not None:
+            from .runlog import EpochLog
+            listeners.append(EpochLog(opts.log, self.n, self.history, continues))
+        if opts.tensorboard is not None:
+            from .tensorboard import TensorBoardLog
+            listeners.append(TensorBoardLog(opts.tensorboard, self.model, opts.record(),
+                                            self.n, opts.tensorboard_histograms))
+        return listeners
 
     # ------------------------------------------------------------------ state
     def _snapshot(self):
@@ -451,29 +481,47 @@ class Run:
             if ran:
                 return
         metrics = self.metrics if self.train_metrics else None
-        for start in range(0, self.n, batch):
+        spans = [(start, min(start + batch, self.n)) for start in range(0, self.n, batch)]
+        for (start, stop), (X, T, rows) in zip(spans, self.steps(order, spans)):
             if interrupt.signum is not None:
                 raise Stopped
-            stop = min(start + batch, self.n)
             weights = None if self.factors is None else self.factors[start:stop]
-            model.train_step(ws.view(stop - start), self.X_dev, self.T_dev, order[start:stop],
-                             self.opt, metrics=metrics, count_correct=self.count_correct,
-                             weights=weights)
+            model.train_step(ws.view(stop - start), X, T, rows, self.opt, metrics=metrics,
+                             count_correct=self.count_correct, weights=weights)
             if bar is not None:
                 bar.update(1)
+
+    def steps(self, order, spans):
+        """The inputs of every step of an epoch: for each ``(lo, hi)`` of ``spans`` (positions
+        in the epoch's order), ``(X, T, rows)`` for ``train_step`` -- the device-resident data
+        and ``order[lo:hi]``, or, for data not in memory, the batch the feeder staged and the
+        rows 0 .. b-1."""
+        if self.feeder is None:
+            for lo, hi in spans:
+                yield self.X_dev, self.T_dev, order[lo:hi]
+        else:
+            yield from self.feeder.batches(self.order_host, spans)
 
     def train(self, *, progress=False, on_epoch=None):
         """Run epochs ``self.epoch + 1 ..`` up to the options' ``epochs`` (hook); return the
         History."""
-        be, history = self.be, self.history
+        be = self.be
+        self.listeners = self.make_listeners()
         # A diverging run overflows on the way to NaN; that is detected and reported below, so
         # numpy's per-op floating-point warnings would only be noise.
-        with self.interrupt, be.compute_threads(self.batch), np.errstate(
-                over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                self._epochs(progress, on_epoch)
-            except Stopped:
-                self._stopped()
+        try:
+            with self.interrupt, be.compute_threads(self.batch), np.errstate(
+                    over="ignore", invalid="ignore", divide="ignore"):
+                try:
+                    self._epochs(progress, on_epoch)
+                except Stopped:
+                    self._stopped()
+        finally:
+            for listener in self.listeners:
+                listener.close()
+            if self.feeder is not None:
+                self.feeder.close()
+        history = self.history
         if self.patience and history.best_epoch is not None:
             be.copy(self.best, self.model.params)
         return history
@@ -489,6 +537,7 @@ class Run:
             t0 = time.perf_counter()
             if self.shuffle:
                 order_host = self.model.rng.permutation(self.n)
+            self.order_host = order_host
             if self.factors is not None:
                 self.be.upload(row_factors(self.plan.sample_weight, order_host, self.batch,
                                            self.model.dtype), self.factors)
@@ -543,12 +592,15 @@ class Run:
                                       and loss > before)
         history.lr.append(self.opt.lr)
         if self.val is not None:
-            vl, va = model.metrics_on_device(*self.val, self.val_weight)
+            measure = model.metrics_on_device if self.val_on_device else model.metrics
+            vl, va = measure(*self.val, self.val_weight)
             history.val_loss.append(vl)
             history.val_accuracy.append(va if self.classify else None)
         be.synchronize()
         history.time.append(time.perf_counter() - t0)
         self._snapshot()
+        for listener in self.listeners:
+            listener.append(history)
         if progress:
             print(history.epoch_line(), file=sys.stderr, flush=True)
         return self._go_on(epoch, on_epoch)
