@@ -216,8 +216,8 @@ def _fits_activation_backward(be, delta, a, activation):
     return activation in ACT_CODES and _ok(delta, a) and delta.ndim == 2
 
 
-def _fits_output_delta(be, a, y, delta, output, loss, loss_acc=None):
-    return (loss in LOSS_CODES and output in ACT_CODES and _ok(a, y, delta) and a.ndim == 2
+def _fits_output_delta(be, a, y, delta, output, loss, loss_acc=None, weights=None):
+    return (weights is None and loss in LOSS_CODES and output in ACT_CODES and _ok(a, y, delta) and a.ndim == 2
             and a.shape[0] > 0 and (loss_acc is None or _ok_acc(loss_acc)))
 
 
@@ -596,9 +596,9 @@ class CupyBackend(Backend):
                          (delta, a, np.int64(delta.size), np.int32(ACT_CODES[activation])))
         return delta
 
-    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if not _fits_output_delta(self, a, y, delta, output, loss, loss_acc):
-            return super().output_delta(a, y, delta, output, loss, loss_acc)
+    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None, weights=None):
+        if not _fits_output_delta(self, a, y, delta, output, loss, loss_acc, weights):
+            return super().output_delta(a, y, delta, output, loss, loss_acc, weights)
         t = a.dtype.type
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
         acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), _F64)
