@@ -2,6 +2,7 @@
 the GPU-marked checks that need a device (``BPGPU_REQUIRE_GPU=1`` turns their skips into
 failures: bench/gpu.sh runs them so)."""
 
+import collections
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 
 import bpgpu
 from bpgpu._compat import cupy_status, probe_cupy
+from bpgpu.backends.cupy_graph import STATS as GRAPH_STATS
+from bpgpu.backends.cupy_graph import WARM_STEPS
 
 HAVE_GPU = cupy_status()[0] is not None
 gpu = pytest.mark.skipif(not HAVE_GPU, reason=f"no usable CUDA device: {cupy_status()[1]}")
@@ -156,6 +159,16 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def _per_op(launches):
+    """Launches per eager kernel name: a captured step's ``name_at`` counted as ``name``, the
+    step state's own kernels (``step_set``, ``step_advance``) left out."""
+    folded = collections.Counter()
+    for name, count in launches.items():
+        if name not in ("step_set", "step_advance"):
+            folded[name[:-3] if name.endswith("_at") else name] += count
+    return folded
+
+
 def _cupy_vs_numpy(sizes, dtype, seed, X, y, **fit):
     """The same model trained on numpy and on cupy: relative differences of (weights, biases)."""
     ref = bpgpu.MLP(sizes, dtype=dtype, backend="numpy", seed=seed)
@@ -204,8 +217,9 @@ def test_100_momentum_steps_match_numpy(dtype, tol, cupy_be):
     fit = dict(epochs=1, batch_size=64, optimizer="momentum", lr=0.1, weight_decay=1e-4,
                dropout=0.1)
     assert max(_cupy_vs_numpy([784, 64, 10], dtype, 11, X[:6400], y[:6400], **fit)) < tol
-    assert cupy_be._launches["random_uniform"] == 100 and cupy_be._launches["dropout_forward"] \
-        == 100
+    launched = _per_op(cupy_be._launches)
+    assert launched["random_uniform"] == 100 and launched["dropout_forward"] == 100
+    assert cupy_be._launches["step_advance"] == 100 - WARM_STEPS       # a CUDA graph ran
 
 
 @pytest.mark.gpu
@@ -233,7 +247,8 @@ def test_every_kernel_the_step_needs_was_launched(cupy_be):
     steps = 100
     want = {"gather_scale": 1, "gather": 1, "cublas_gemm": 7, "bias_activation": 1,
             "bias_softmax": 1, "count_correct": 1, "output_delta": 1, "activation_backward": 1}
-    assert {k: v / steps for k, v in cupy_be._launches.items()} == want
+    assert {k: v / steps for k, v in _per_op(cupy_be._launches).items()} == want
+    assert cupy_be._launches["step_advance"] == steps - WARM_STEPS      # as a CUDA graph
     cupy_be._launches.clear()
     net = bpgpu.MLP([784, 100, 30, 10], activation=["relu", "tanh"], backend="cupy", seed=0)
     net.fit(X[:6400], y[:6400], epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
@@ -241,7 +256,33 @@ def test_every_kernel_the_step_needs_was_launched(cupy_be):
     for kernel in ("gather_scale", "gather", "bias_activation", "bias_softmax", "count_correct",
                    "output_delta", "activation_backward", "random_uniform", "dropout_forward",
                    "multiply_inplace", "adam_update", "cublas_gemm"):
-        assert cupy_be._launches[kernel] >= steps, kernel
+        assert _per_op(cupy_be._launches)[kernel] >= steps, kernel
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fit", [
+    dict(optimizer="momentum", lr=0.1, weight_decay=1e-4, dropout=0.1),
+    dict(optimizer="adam", lr=1e-3, dropout=0.2, schedule="step:every=1,factor=0.5"),
+    dict(optimizer="sgd", lr=0.1, augment="shift=2,rotate=10,scale=0.1"),
+], ids=["momentum-dropout", "adam-schedule", "sgd-augment"])
+def test_cuda_graph_epochs_equal_eager_epochs_exactly(fit, cupy_be):
+    """N replayed steps == N eager steps bit for bit (same kernels, same cuBLAS calls on the
+    same handle), over two epochs of 3000 rows in batches of 64: 46 full ones and a remainder
+    of 56 rows; the graph's runs counted so a silent fallback cannot pass."""
+    (X, y), _ = bpgpu.datasets.mnist()
+    nets = []
+    for mode in ("1", "0"):
+        net = bpgpu.MLP([784, 64, 10], dtype="float32", backend="cupy", seed=7)
+        before = GRAPH_STATS["graph_epochs"]
+        with cupy_be.compiled_epoch_mode(mode):
+            history = net.fit(X[:3000], y[:3000], epochs=2, batch_size=64, **fit)
+        assert GRAPH_STATS["graph_epochs"] - before == (2 if mode == "1" else 0)
+        nets.append((net, history))
+    (g, hg), (e, he) = nets
+    assert all(np.array_equal(a, b) for a, b in zip(sum(g.get_params(), []),
+                                                    sum(e.get_params(), [])))
+    assert hg.loss == he.loss and hg.accuracy == he.accuracy and g.steps == e.steps
 
 
 @pytest.mark.gpu
@@ -297,7 +338,7 @@ def test_warmup_compiles_every_kernel(cupy_be):
     from bpgpu.backends.cupy_backend import PLAIN_KERNELS, TEMPLATE_KERNELS
     from bpgpu.warmup import warmup
     res = warmup(cupy_be)
-    assert res["kernels"] == 2 * len(TEMPLATE_KERNELS) + len(PLAIN_KERNELS) == 31
+    assert res["kernels"] == 2 * len(TEMPLATE_KERNELS) + len(PLAIN_KERNELS) == 44
     assert res["seconds"] > 0
     assert cupy_be.fuses_sgd("float32") and cupy_be.fuses_sgd("float64")
 

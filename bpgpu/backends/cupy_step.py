@@ -16,7 +16,7 @@ step count ``s``:
   computes once per epoch with the eager launch's formula (:func:`cupy_backend.adam_scalars`).
 
 Any other change, an op without a fast path for the recorded arguments (the backend's
-:data:`~bpgpu.backends.cupy_backend.FAST_PATHS`, the same condition the op itself checks), or
+:data:`~bpgpu.backends.cupy_rules.FAST_PATHS`, the same condition the op itself checks), or
 an op that is not lowered here (the elastic field's smoothing, which runs CuPy's matmul) leaves
 the epoch to the eager path (:class:`~bpgpu.backends.recording.Unsupported`). :attr:`Step.key`
 describes everything captured, so an epoch whose recording has the same key replays the same
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cupy_backend import FAST_PATHS, adam_constants, adam_rates, philox_counter
+from .cupy_rules import FAST_PATHS, adam_constants, adam_rates, philox_counter
 from .recording import Unsupported, address
 
 __all__ = ["Step", "lower"]

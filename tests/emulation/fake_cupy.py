@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import itertools
 import os
 import types
 import warnings
@@ -31,7 +32,8 @@ import numpy as np
 
 from bpgpu.backends.cupy_backend import CupyBackend
 
-from .devmem import DeviceArray, DeviceMemory
+from .devmem import CAPTURING, CaptureError, DeviceArray, DeviceMemory, no_capture
+from . import fake_cublas
 from .hostcuda import HostModule, KernelError, build
 
 _HANDLE = 0x5EED
@@ -167,8 +169,89 @@ class _Device:
 
 
 class _Stream:
+    """``cupy.cuda.Stream``: work is issued to the current stream (``with stream:``); a stream
+    capturing a graph records that work instead of running it (:class:`_Graph` replays it).
+    Streams are ordered by events as CUDA orders them; the emulation runs everything in issue
+    order, which is one order CUDA allows."""
+
+    _ptrs = itertools.count(0x57E000)
+
+    def __init__(self, owner, ptr=None, non_blocking=False):
+        self.owner, self.ptr = owner, next(self._ptrs) if ptr is None else ptr
+        self._outer: list = []
+
     def synchronize(self):
-        pass
+        if self.owner.memory.capture_target(self.ptr) is not None:
+            raise CaptureError("a stream synchronize while the stream captures a CUDA graph")
+
+    def __enter__(self):
+        memory = self.owner.memory
+        self._outer.append(memory.current_stream)
+        memory.current_stream = self.ptr
+        return self
+
+    def __exit__(self, *exc):
+        self.owner.memory.current_stream = self._outer.pop()
+
+    def wait_event(self, event):
+        event.check()
+
+    def begin_capture(self, mode=None):
+        memory = self.owner.memory
+        if self.ptr == 0:
+            raise KernelError("cudaStreamBeginCapture on the legacy default stream")
+        if self.ptr in memory.captures:
+            raise KernelError("cudaStreamBeginCapture: the stream is capturing already")
+        memory.captures[self.ptr] = []
+        CAPTURING.append(self.ptr)
+
+    def end_capture(self):
+        memory = self.owner.memory
+        if self.ptr not in memory.captures:
+            raise KernelError("cudaStreamEndCapture: the stream is not capturing")
+        CAPTURING.remove(self.ptr)
+        return _Graph(self.owner, memory.captures.pop(self.ptr))
+
+    def is_capturing(self):
+        return self.ptr in self.owner.memory.captures
+
+
+class _Event:
+    """``cupy.cuda.Event``: recording one on a capturing stream other than the one captured
+    would join the capture; the emulation refuses it instead (bpgpu never does it)."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def record(self, stream=None):
+        self.check()
+
+    def check(self):
+        if CAPTURING and self.owner.memory.capture_target() is None:
+            raise CaptureError("an event across streams while a stream captures a CUDA graph")
+
+    def synchronize(self):
+        self.check()
+
+
+class _Graph:
+    """``cupy.cuda.Graph``: the captured launches and GEMMs, replayed in order against the same
+    buffers (arguments by value as they were captured, as CUDA's kernel nodes hold them)."""
+
+    def __init__(self, owner, nodes):
+        self.owner, self.nodes = owner, list(nodes)
+        self.uploaded = False
+        self.replays = 0
+
+    def upload(self, stream=None):
+        self.uploaded = True
+
+    def launch(self, stream=None):
+        if CAPTURING:
+            raise CaptureError("a graph launch while a stream captures a CUDA graph")
+        for node in self.nodes:
+            node()
+        self.replays += 1
 
 
 class EmulatedCupy:
@@ -197,7 +280,14 @@ class EmulatedCupy:
             runtime=runtime_ns, cublas=cublas,
             Device=lambda device=None: _Device(self, device),
             device=types.SimpleNamespace(get_cublas_handle=lambda: _HANDLE),
-            get_current_stream=lambda: _Stream())
+            get_current_stream=self._current_stream,
+            Stream=lambda null=False, non_blocking=False, ptds=False: _Stream(self),
+            Event=lambda *args, **kwargs: _Event(self))
+        self._streams = {0: _Stream(self, 0)}
+
+    def _current_stream(self):
+        ptr = self.memory.current_stream
+        return self._streams.get(ptr) or _Stream(self, ptr)
 
     def __getattr__(self, name):      # ufuncs, reductions, dtypes: numpy's, on device arrays
         return getattr(np, name)
@@ -245,6 +335,7 @@ class EmulatedCupy:
         return self.asarray(np.arange(*args, dtype=dtype))
 
     def asnumpy(self, x):
+        no_capture("a device-to-host copy (cupy.asnumpy)")
         return np.array(x, copy=True)
 
     # ------------------------------------------------------------------ kernels
@@ -266,7 +357,9 @@ def emulated_backend(sm_count=1, compute_capability=90):
     """A :class:`CupyBackend` bound to a fresh :class:`EmulatedCupy` (the real backend code;
     only the module it calls is the stand-in)."""
     be = CupyBackend.__new__(CupyBackend)
-    be._setup(EmulatedCupy(sm_count, compute_capability), "host emulation of kernels/fused.cu")
+    cupy = EmulatedCupy(sm_count, compute_capability)
+    be._setup(cupy, "host emulation of kernels/fused.cu",
+              cublas_library=fake_cublas.library(cupy.cuda.cublas))
     return be
 
 

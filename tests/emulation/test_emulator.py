@@ -5,7 +5,8 @@ and its shuffles and barriers must behave as CUDA's."""
 import numpy as np
 import pytest
 
-from bpgpu.backends.cupy_backend import compile_options, kernel_source, name_expressions
+from bpgpu.backends.cupy_backend import (PLAIN_KERNELS, compile_options, kernel_source,
+                                         name_expressions)
 
 from .conftest import needs_gxx
 from .fake_cupy import EmulatedCupy
@@ -134,7 +135,7 @@ def test_templates_are_found_only_through_name_expressions(cp):
 
 def test_signatures_are_read_from_the_source():
     sigs = kernel_signatures(kernel_source())
-    assert set(name_expressions()) | {"random_uniform"} == set(sigs)
+    assert set(name_expressions()) | set(PLAIN_KERNELS) == set(sigs)
     assert [p.ctype for p in sigs["gather_scale<double>"]] == [
         "const unsigned char*", "const long long*", "double*", "long long", "int", "long long",
         "double", "double"]
