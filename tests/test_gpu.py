@@ -3,7 +3,9 @@ the GPU-marked checks that need a device (``BPGPU_REQUIRE_GPU=1`` turns their sk
 failures: bench/gpu.sh runs them so)."""
 
 import collections
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -140,6 +142,35 @@ def test_gpu_script_stops_at_once_without_a_gpu(tmp_path):
     res = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True,
                          text=True, env=env, timeout=60)
     assert res.returncode == 2 and res.stderr.strip().startswith("usage: bash bench/gpu.sh OUTDIR")
+
+
+def test_gpu_script_refuses_an_unknown_step(tmp_path):
+    res = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "out"),
+                          "--only", "steps,nonsense"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "unknown step 'nonsense'" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the host emulation needs g++")
+def test_gpu_script_dry_run_on_the_emulated_device(tmp_path):
+    """bench/gpu.sh --only steps with the host emulation as ``cupy`` (tests/emulation/stub): the
+    probe passes, the step writes steps.json with an eager and a graph row per configuration,
+    and the graph's epoch at batch 64 ran as replays (far fewer host calls per step)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "emulation" / "stub"),
+               PYTHON=sys.executable, BPGPU_GPU_ROWS="1024", OPENBLAS_NUM_THREADS="1")
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "--only", "steps"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert (out / "steps.txt").read_text().startswith("steps: ok")
+    rows = json.loads((out / "steps.json").read_text())["rows"]
+    assert [(r["batch"], r["mode"]) for r in rows] == [
+        (b, m) for b in (64, 256, 1024, 8192) for m in ("eager", "graph")]
+    eager, graph = rows[0], rows[1]
+    assert eager["graph_epochs"] == 0 and graph["graph_epochs"] == 1
+    assert graph["host_calls_per_step"] < eager["host_calls_per_step"] / 3
+    assert not (out / "install.log").exists()          # --only ran that step alone
 
 
 # ------------------------------------------------------------------------------ on a GPU
