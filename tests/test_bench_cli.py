@@ -284,3 +284,27 @@ def test_torch_peer_walks_the_models_batches(mnist_data):
     for (tw, tb), w, bias in zip(peer.layers, W, b):
         np.testing.assert_allclose(tw.detach().numpy().T, w, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(tb.detach().numpy(), bias, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_torch_graphed_peer_is_the_eager_peer(mnist_data, momentum):
+    """The graphed PyTorch form (static index buffer, one static step: what CUDA captures) does
+    exactly the eager form's work -- on the CPU it runs the static step directly -- and, with a
+    remainder batch, still walks the model's batches."""
+    torch_ref = pytest.importorskip("bpgpu.bench.torch_ref")
+    if torch_ref.torch_status()[0] is None:
+        pytest.skip(torch_ref.torch_status()[1])
+    (X, y), _ = mnist_data
+    X, y = X[:650], y[:650]                               # 10 full batches and 10 rows
+    net = bpgpu.MLP([784, 16, 10], activation="sigmoid", dtype="float64", backend="numpy", seed=3)
+    peers = [torch_ref.TorchTrainer(net, graph=g) for g in (True, False)]
+    for peer in peers:
+        peer.fit(X, y, epochs=2, batch_size=64, lr=0.1, momentum=momentum)
+    assert peers[0]._static is not None and peers[1]._static is None
+    for a, b in zip(peers[0].params, peers[1].params):
+        assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+    net.fit(X, y, epochs=2, batch_size=64, lr=0.1, momentum=momentum,
+            optimizer="momentum" if momentum else "sgd")
+    W, _ = net.get_params()
+    for (tw, _), w in zip(peers[0].layers, W):
+        np.testing.assert_allclose(tw.detach().numpy().T, w, rtol=1e-9, atol=1e-11)

@@ -36,10 +36,12 @@ def markdown_table(rows) -> str:
     jax_head = (" jax scan samples/s |" + "".join(f" vs {label} |" for _, label in JAX_PEERS)
                 if jax else "")
     n_jax = 1 + len(JAX_PEERS) if jax else 0
+    counted = any("launches_per_step" in r for r in rows)     # a GPU backend's launch counts
     head = ("| backend | sizes | batch | dtype | samples/s (median, min–max) | µs/step | GFLOP/s "
             "| % of GEMM ceiling | GEMM share of time | torch samples/s | vs torch |" + jax_head
-            + "".join(f" vs {o} |" for o in others))
-    lines = [head, "|" + "---|" * (11 + n_jax + len(others))]
+            + "".join(f" vs {o} |" for o in others)
+            + (" launches/step | host calls/step |" if counted else ""))
+    lines = [head, "|" + "---|" * (11 + n_jax + len(others) + 2 * counted)]
     for r in rows:
         spread = f"{r['samples_per_s_min'] / 1e3:.0f}–{r['samples_per_s_max'] / 1e3:.0f}k"
         frac = r.get("fraction_of_ceiling")
@@ -58,7 +60,9 @@ def markdown_table(rows) -> str:
             f"| {_fmt(ratio, '.2f')}{'' if ratio is None else '×'} |"
             + (_jax_cells(r) if jax else "")
             + "".join(f" {_fmt(r.get('vs_' + o), '.2f')}{'×' if r.get('vs_' + o) else ''} |"
-                      for o in others))
+                      for o in others)
+            + (f" {_fmt(r.get('launches_per_step'), '.1f')} |"
+               f" {_fmt(r.get('host_calls_per_step'), '.2f')} |" if counted else ""))
     return "\n".join(lines)
 
 

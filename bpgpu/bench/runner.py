@@ -103,6 +103,25 @@ def _threads(be, batch):
     return info
 
 
+def _launch_counts(be, counted=None, pause=None):
+    """Launches (kernels + cuBLAS calls, replayed graph nodes included) and host calls of a
+    backend that counts them (cupy), summed over our timed epochs only: ``pause=True`` after one
+    of ours adds what it did, ``pause=False`` after the peers' epochs skips what they did (they
+    may share the backend's counters). None for a backend that does not count."""
+    if not hasattr(be, "_launches") or not hasattr(be, "_host_calls"):
+        return None
+    now = {"launches": sum(be._launches.values()), "host_calls": be._host_calls}
+    if counted is None:
+        return {"launches": 0, "host_calls": 0, "launches_mark": now["launches"],
+                "host_calls_mark": now["host_calls"]}
+    out = dict(counted)
+    if pause:
+        out["launches"] += now["launches"] - counted["launches_mark"]
+        out["host_calls"] += now["host_calls"] - counted["host_calls_mark"]
+    out["launches_mark"], out["host_calls_mark"] = now["launches"], now["host_calls"]
+    return out
+
+
 def _peer_stats(prefix, n, peer_times, our_times):
     """Row fields of one interleaved peer: its samples/s (median, min, max) and ``vs_<prefix>``,
     the median of the per-round ratios (peer time / our time: how many times faster we are)."""
@@ -130,6 +149,11 @@ def _peers(case, X, y, vs_torch, vs_backend, vs_jax):
             peers["torch"] = lambda: trainer.fit(X, y, epochs=1, batch_size=case.batch)[0]
             extra.update(torch_threads=trainer.torch.get_num_threads(),
                          torch_device=trainer.device.type)
+            if case.backend == "cupy":             # the whole step as one torch.cuda graph
+                graphed = TorchTrainer(fresh(), device="cuda", graph=True)
+                graphed.fit(X, y, epochs=1, batch_size=case.batch)          # warm-up, capture
+                peers["torch_graph"] = lambda: graphed.fit(X, y, epochs=1,
+                                                           batch_size=case.batch)[0]
     if vs_backend and vs_backend != case.backend:
         other = MLP(case.sizes, dtype=case.dtype, backend=vs_backend, seed=0)
         other.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
@@ -189,11 +213,14 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
     net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1, train_metrics=False)  # warm-up
     ours, theirs = [], {prefix: [] for prefix in peers}
     compiled_before = _compiled_epochs()
+    launches = _launch_counts(net.backend)
     for _ in range(repeats):
         ours.append(net.fit(X, y, epochs=1, batch_size=case.batch, lr=0.1,
                             train_metrics=False).time[0])
+        launches = _launch_counts(net.backend, launches, pause=True)
         for prefix, epoch in peers.items():
             theirs[prefix].append(epoch())
+        launches = _launch_counts(net.backend, launches, pause=False)
     compiled = _compiled_epochs() - compiled_before == repeats
     times = np.array(ours)
     row = _row(case, n, times, compiled, ceiling)
@@ -205,6 +232,10 @@ def run_case(case, X, y, repeats=3, vs_torch=False, ceiling=None, split=True, vs
         row["gemm_time_fraction"] = min(1.0, gemm_seconds / float(np.median(times)))
         row["host_alloc_peak_bytes_per_epoch"] = int(peak)
     row["resident_bytes"] = net.resident_bytes()
+    if launches is not None:
+        steps = repeats * -(-n // case.batch)
+        row["launches_per_step"] = launches["launches"] / steps
+        row["host_calls_per_step"] = launches["host_calls"] / steps
     if net.backend.name == "cupy":
         row["device_pool_bytes"] = int(net.backend.xp.get_default_memory_pool().total_bytes())
     for prefix, peer_times in theirs.items():

@@ -5,6 +5,13 @@ model's own generator, taken when the peer is built, so it walks the batches the
 uint8 dataset on the same device gathered and scaled per batch, the same
 activations and mean loss, plain SGD. Only available when torch is installed; :func:`torch_status`
 says why not otherwise.
+
+With ``graph=True`` every full batch runs one static step -- gather from a fixed index buffer,
+forward, backward, optimizer step, all on preallocated tensors -- which on CUDA is captured once
+as a ``torch.cuda.CUDAGraph`` (after :data:`WARM_STEPS` eager steps on a side stream, as PyTorch's
+documentation prescribes; they are the epoch's first real steps) and replayed; the remainder
+batch runs eagerly. On the CPU the same static step runs directly, so its code path is tested
+against the eager form without a GPU (the graph adds nothing on the CPU).
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import numpy as np
 
 from .._compat import optional_import
 
-__all__ = ["torch_status", "TorchTrainer"]
+__all__ = ["torch_status", "TorchTrainer", "WARM_STEPS"]
+
+#: Eager steps (on a side stream) before the CUDA capture of the graphed form.
+WARM_STEPS = 3
 
 
 def torch_status():
@@ -40,7 +50,7 @@ class TorchTrainer:
         (:func:`bpgpu.backends.tf32_state`) allows it, so both sides do the same arithmetic.
     """
 
-    def __init__(self, model, device="cpu"):
+    def __init__(self, model, device="cpu", graph=False):
         torch, why = torch_status()
         if torch is None:
             raise RuntimeError(why)
@@ -59,6 +69,8 @@ class TorchTrainer:
         self.loss_name, self.output = model.loss_name, model.output
         self.scale, self.shift = model.input_scale, model.input_shift
         self.rng = copy.deepcopy(model.rng)
+        self.graph = bool(graph)
+        self._static = self._cuda_graph = None
         if self.device.type == "cuda":
             from ..backends import tf32_state
             torch.backends.cuda.matmul.allow_tf32 = bool(tf32_state())
@@ -104,19 +116,56 @@ class TorchTrainer:
             order = torch.from_numpy(perm).to(self.device)
             self._sync()
             t0 = time.perf_counter()
-            for s in range(0, n, batch_size):
-                idx = order[s:s + batch_size]
-                xb = Xd.index_select(0, idx).to(self.dtype).mul_(self.scale)
-                if self.shift:
-                    xb.add_(self.shift)
-                loss = self._loss(self._forward(xb), yd.index_select(0, idx),
-                                  Td.index_select(0, idx))
-                opt.zero_grad(set_to_none=False)
-                loss.backward()
-                opt.step()
+            start = 0
+            if self.graph:
+                start = self._graphed_epoch(Xd, yd, Td, order, batch_size, opt)
+            for s in range(start, n, batch_size):
+                self._step(Xd, yd, Td, order[s:s + batch_size], opt)
             self._sync()
             times.append(time.perf_counter() - t0)
         return times
+
+    def _step(self, Xd, yd, Td, idx, opt):
+        """One eager step on the rows ``idx``."""
+        xb = Xd.index_select(0, idx).to(self.dtype).mul_(self.scale)
+        if self.shift:
+            xb.add_(self.shift)
+        loss = self._loss(self._forward(xb), yd.index_select(0, idx), Td.index_select(0, idx))
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+
+    def _graphed_epoch(self, Xd, yd, Td, order, batch, opt):
+        """The epoch's full batches through the static step (replays of its CUDA graph on
+        CUDA); returns where the eager remainder starts."""
+        torch = self.torch
+        n_full = Xd.shape[0] // batch
+        if n_full == 0:
+            return 0
+        if self._static is None or self._static.shape[0] != batch:
+            self._static, self._cuda_graph = torch.empty(batch, dtype=torch.int64,
+                                                         device=self.device), None
+        idx = self._static
+        run = lambda: self._step(Xd, yd, Td, idx, opt)            # noqa: E731
+        j = 0
+        if self.device.type == "cuda" and self._cuda_graph is None:
+            j = min(WARM_STEPS, n_full)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for k in range(j):
+                    idx.copy_(order[k * batch:(k + 1) * batch])
+                    run()
+            torch.cuda.current_stream().wait_stream(side)
+            if j < n_full:
+                self._cuda_graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self._cuda_graph):
+                    run()                 # captured, not run: replayed below for batch j on
+        replay = self._cuda_graph.replay if self._cuda_graph is not None else run
+        for k in range(j, n_full):
+            idx.copy_(order[k * batch:(k + 1) * batch])
+            replay()
+        return n_full * batch
 
     def evaluate(self, X, y):
         """Test accuracy (argmax), computed on the device."""

@@ -242,3 +242,33 @@ def test_weighted_rows_train_eagerly_and_correctly(digits):
     assert np.array_equal(_flat(nets[0]), _flat(nets[1]))
     np.testing.assert_allclose(_flat(nets[0]), _flat(nets[2]), rtol=1e-10, atol=1e-12)
     assert nets[0].backend._launches["output_delta"] == 0     # the base op, not the kernel
+
+
+def test_bench_counts_launches_and_host_calls_of_our_epochs_only(digits):
+    """bpgpu bench's launches/step and host calls/step (bpgpu.bench.runner._launch_counts):
+    our epochs counted, a peer's work between them not; a graph epoch's host calls per step
+    are a fraction of the eager one's while its launches (graph nodes) are not."""
+    from bpgpu.bench import report, runner
+    X, y = digits
+    found = {}
+    for mode in ("0", "1"):
+        be = emulated()
+        net = bpgpu.MLP([784, 16, 10], backend=be, seed=3)
+        with be.compiled_epoch_mode(mode):
+            counted = runner._launch_counts(be)
+            net.fit(X, y, epochs=1, batch_size=8, train_metrics=False)
+            counted = runner._launch_counts(be, counted, pause=True)
+            be.gemm(be.asarray(np.ones((2, 2), np.float32)), be.asarray(np.ones((2, 2),
+                    np.float32)), be.empty((2, 2), np.float32))      # a peer's work
+            counted = runner._launch_counts(be, counted, pause=False)
+        found[mode] = {k: counted[k] / 25 for k in ("launches", "host_calls")}
+    assert found["0"]["launches"] == found["0"]["host_calls"]
+    assert found["1"]["host_calls"] < found["0"]["host_calls"] / 3
+    assert found["1"]["launches"] >= found["0"]["launches"]
+    row = {"backend": "cupy", "sizes": "784-16-10", "batch": 8, "dtype": "float32",
+           "samples_per_s": 1e5, "samples_per_s_min": 1e5, "samples_per_s_max": 1e5,
+           "us_per_step": 80.0, "gflops": 1.0, "launches_per_step": found["1"]["launches"],
+           "host_calls_per_step": found["1"]["host_calls"], "vs_torch_graph": 1.5}
+    table = report.markdown_table([row])
+    assert "launches/step | host calls/step |" in table and "vs torch_graph" in table
+    assert table.splitlines()[1].count("---|") == table.splitlines()[0].count("|") - 1
