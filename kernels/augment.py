@@ -134,6 +134,7 @@ def gather_augmented(data, idx, out, uniform, field, has_field, height, width, t
                 if has_field:
                     sx = sx + field[b, 0, r, q]
                     sy = sy + field[b, 1, r, q]
+                lost = sx != sx or sy != sy      # a NaN field: a NaN pixel (the op contract)
                 if not sx >= lo_x:               # out-of-range coordinates read nothing
                     sx = lo_x
                 elif sx > hi_x:
@@ -165,6 +166,8 @@ def gather_augmented(data, idx, out, uniform, field, has_field, height, width, t
                     p11 = np.float64(src[k + width + 1]) if in_y1 and in_x1 else 0.0
                 v = ((1.0 - fy) * ((1.0 - fx) * p00 + fx * p01)
                      + fy * ((1.0 - fx) * p10 + fx * p11))
+                if lost:
+                    v = np.nan
                 if scaled:
                     dst[base + q] = out.dtype.type(v) * scale + shift
                 else:

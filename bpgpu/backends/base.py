@@ -538,7 +538,10 @@ class Backend:
           ``fy = sy - y0``, ``p(y, x)`` the pixel, 0 outside the image,
           ``v = (1-fy) ((1-fx) p(y0,x0) + fx p(y0,x0+1)) + fy ((1-fx) p(y0+1,x0) + fx p(y0+1,x0+1))``;
         - ``out[b, r*width + q] = T(v) * T(scale) + T(shift)`` for uint8 data (``T`` = out's dtype:
-          the same rounding as :meth:`gather_rows`), ``T(v)`` for float data.
+          the same rounding as :meth:`gather_rows`), ``T(v)`` for float data;
+        - a NaN in the field (``sx`` or ``sy`` NaN) makes that output pixel NaN, whatever the
+          scale and shift: every implementation (numpy here, the Numba and CUDA kernels) keeps
+          this one rule, so a broken field shows up rather than turning into pixel 0.
 
         A translation and mirror alone (``rotate = zoom = shear = 0``, no field) make ``a`` the
         identity and ``fx = fy = 0``: the output is then exactly the gathered image, mirrored

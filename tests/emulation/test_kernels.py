@@ -432,3 +432,54 @@ def test_warmup_loads_every_kernel_and_the_gemm_path():
     assert res["kernels"] == 2 * len(TEMPLATE_KERNELS) + len(PLAIN_KERNELS) == len(be._functions)
     assert res["seconds"] > 0
     assert be.fuses_sgd("float32") and be.fuses_sgd("float64") and not be.fuses_sgd("float16")
+
+
+def _backends():
+    from bpgpu._compat import has_numba
+    from bpgpu.backends import get_backend
+    names = ["numpy"] + (["numba"] if has_numba() else [])
+    return [get_backend(n) for n in names] + [emulated()]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zero_width_rows_are_refused_by_every_backend(dtype):
+    """A softmax or an argmax over rows of no columns: numpy raises, and so must every backend
+    (a kernel would read element 0 of an empty row: an illegal address on a GPU)."""
+    for be in _backends():
+        z = be.zeros((5, 0), dtype)
+        with pytest.raises(ValueError):
+            be.bias_activation(z, be.zeros((0,), dtype), "softmax")
+        with pytest.raises(ValueError):
+            be.count_correct(z, be.zeros((5, 0), dtype), be.zeros((1,), np.float64))
+        out = be.empty((2, 0), dtype)          # images of no pixels: nothing to write, no crash
+        be.gather_augmented(be.asarray(np.ones((3, 0), np.uint8)), be.asarray(np.array([0, 1])),
+                            out, be.asarray(np.full((2, 8), 0.5, np.float32)), None, 1, 0,
+                            translate=1)
+        assert be.to_host(out).shape == (2, 0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("scaled", [True, False], ids=["uint8", "float"])
+def test_a_nan_elastic_field_gives_a_nan_pixel_everywhere(dtype, scaled):
+    """The op contract's rule (Backend.gather_augmented): a NaN displacement makes its pixel
+    NaN, whatever scale and shift; every other pixel as without the NaN."""
+    images = np.arange(1, 33).reshape(2, 16)
+    field = np.random.default_rng(0).normal(0, 0.4, (2, 2, 4, 4))
+    field[1, 0, 1, 2] = np.nan
+    field[0, 1, 3, 0] = np.nan
+    results = []
+    for be in _backends():
+        data = be.asarray(images.astype(np.uint8 if scaled else dtype))
+        out = be.empty((2, 16), dtype)
+        be.gather_augmented(data, be.asarray(np.array([1, 0])), out,
+                            be.asarray(np.full((2, 8), 0.3, np.float32)),
+                            be.asarray(field.astype(dtype)), 4, 4, rotate=0.2,
+                            **({"scale": 1 / 255, "shift": -0.5} if scaled else {}))
+        results.append((be.name, be.to_host(out)))
+    lost = np.zeros((2, 16), bool)
+    lost[1, 4 + 2] = lost[0, 12] = True
+    for name, got in results:
+        assert np.array_equal(np.isnan(got), lost), name
+        np.testing.assert_allclose(got[~lost], results[0][1][~lost],
+                                   rtol=1e-6 if dtype == "float32" else 1e-12, err_msg=name)

@@ -128,3 +128,34 @@ def test_tf32_is_one_process_wide_setting(mnist_slice, monkeypatch):
 
     monkeypatch.setenv("CUPY_TF32", "1")
     assert _tf32_enabled(emulated().xp)
+
+
+@pytest.mark.parametrize("lr,wd", [(1e-3, 1e-5), (1e-2, 1e-4), (0.1, 1e-4)])
+def test_float32_weight_decay_is_applied_as_float64_applies_it(mnist_slice, lr, wd):
+    """Fused SGD takes beta = 1 - lr wd in the model's dtype; float32 cannot represent a small
+    lr wd there (none at all below 2^-25), so float32 does not fuse with decay
+    (bpgpu.optim.SGD.fused_sgd) and the decay applied equals float64's: float32 training with
+    weight decay stays as close to numpy float32 as it does without decay."""
+    from bpgpu.optim import make_optimizer
+    X, y = mnist_slice
+    be = emulated()
+    for dtype, fused in (("float32", False), ("float64", True)):
+        opt = make_optimizer("sgd", be, 10, dtype, lr=lr, weight_decay=wd)
+        assert (opt.fused_sgd() is not None) == fused, dtype
+    assert make_optimizer("sgd", be, 10, "float32", lr=lr).fused_sgd() == (lr, 0.0)
+    rel = {}
+    for decay in (0.0, wd):
+        nets = [bpgpu.MLP([784, 32, 10], dtype="float32", backend=b, seed=3)
+                for b in (emulated(), "numpy")]
+        for n in nets:
+            n.fit(X, y, epochs=1, batch_size=64, optimizer="sgd", lr=lr, weight_decay=decay)
+        rel[decay] = _rel(_params(nets[0])[0], _params(nets[1])[0])
+    assert rel[wd] < max(4 * rel[0.0], 2e-7)
+    # one step with g = 0 against float64: w (1 - lr wd), rounded once to float32 (a float32
+    # weight moves by whole ulps: the decay applied over many steps is then float64's)
+    w = np.linspace(-1, 1, 1001).astype(np.float32)
+    opt = make_optimizer("sgd", be, w.size, "float32", lr=lr, weight_decay=wd, n_decay=w.size)
+    p = be.asarray(w)
+    opt.update(p, be.zeros(w.size, np.float32))
+    want = (w.astype(np.float64) * (1 - lr * wd)).astype(np.float32)
+    np.testing.assert_array_max_ulp(be.to_host(p), want, maxulp=1)
