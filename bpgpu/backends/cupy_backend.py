@@ -453,7 +453,8 @@ class CupyBackend(Backend):
         self._launch("output_delta", a.dtype, rows,
                      (a, y, delta, np.int64(rows), np.int32(cols), np.int32(ACT_CODES[output]),
                       np.int32(LOSS_CODES[loss]), t(1.0 / rows), tiny, one_minus_eps, acc,
-                      np.int32(loss_acc is not None)), per_row=True)
+                      np.int32(loss_acc is not None), a if weights is None else weights,
+                      np.int32(weights is not None)), per_row=True)
         return delta
 
     def count_correct(self, a, y, acc):

@@ -89,8 +89,12 @@ def _fits_activation_backward(be, delta, a, activation):
 
 
 def _fits_output_delta(be, a, y, delta, output, loss, loss_acc=None, weights=None):
-    return (weights is None and loss in LOSS_CODES and output in ACT_CODES and _ok(a, y, delta)
-            and a.ndim == 2 and a.shape[0] > 0 and (loss_acc is None or _ok_acc(loss_acc)))
+    return (loss in LOSS_CODES and output in ACT_CODES and _ok(a, y, delta)
+            and a.ndim == 2 and a.shape[0] > 0 and (loss_acc is None or _ok_acc(loss_acc))
+            and (weights is None or (weights.dtype == a.dtype and weights.shape == a.shape[:1]
+                                     # a host array (the recorder's stand-in) is not a
+                                     # device buffer: no CuPy flag, no fast path
+                                     and getattr(weights, "_c_contiguous", False))))
 
 
 def _fits_count_correct(be, a, y, acc):

@@ -225,9 +225,9 @@ def test_cupys_cublas_is_refused_in_a_capture_and_the_ctypes_one_is_captured():
 
 
 def test_weighted_rows_train_eagerly_and_correctly(digits):
-    """Per-row weights are not in the CUDA output_delta kernel yet: the CUDA fast path declines
-    them (the base op runs), the graph epoch falls back to the eager steps, and the result
-    equals eager cupy exactly and the numpy backend to rounding."""
+    """Per-row weights run in the CUDA output_delta kernel eagerly; the captured step cannot yet
+    read a per-batch slice of the weights from the device, so a weighted epoch falls back to the
+    eager steps: the result equals eager cupy exactly and the numpy backend to rounding."""
     X, y = digits
     w = np.random.default_rng(0).uniform(0.5, 2.0, 200)
     nets, moved = [], []
@@ -241,7 +241,7 @@ def test_weighted_rows_train_eagerly_and_correctly(digits):
     assert moved[0]["fallback_epochs"] == 2 and moved[0]["graph_epochs"] == 0
     assert np.array_equal(_flat(nets[0]), _flat(nets[1]))
     np.testing.assert_allclose(_flat(nets[0]), _flat(nets[2]), rtol=1e-10, atol=1e-12)
-    assert nets[0].backend._launches["output_delta"] == 0     # the base op, not the kernel
+    assert nets[0].backend._launches["output_delta"] == 2 * 7    # the kernel, every step
 
 
 def test_bench_counts_launches_and_host_calls_of_our_epochs_only(digits):
@@ -272,3 +272,30 @@ def test_bench_counts_launches_and_host_calls_of_our_epochs_only(digits):
     table = report.markdown_table([row])
     assert "launches/step | host calls/step |" in table and "vs torch_graph" in table
     assert table.splitlines()[1].count("---|") == table.splitlines()[0].count("|") - 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("output,loss", [("softmax", "ce"), ("sigmoid", "bce"),
+                                         ("softmax", "mse"), ("identity", "mse")])
+def test_weighted_output_delta_kernel_matches_the_reference(dtype, output, loss):
+    """The output_delta kernel with per-row weights (and the weighted loss sum) against the
+    reference op on the host, to rounding; the kernel, not the fallback, ran."""
+    from bpgpu.backends import get_backend
+    ref = get_backend("numpy")
+    be = emulated()
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0.05, 0.95, (37, 4))
+    if output == "softmax":
+        a /= a.sum(axis=1, keepdims=True)
+    y = np.eye(4)[rng.integers(0, 4, 37)]
+    w = rng.uniform(0.2, 3.0, 37)
+    results = []
+    for b in (be, ref):
+        delta, acc = b.empty((37, 4), dtype), b.zeros((1,), np.float64)
+        b.output_delta(b.asarray(a.astype(dtype)), b.asarray(y.astype(dtype)), delta, output,
+                       loss, acc, b.asarray(w.astype(dtype)))
+        results.append((b.to_host(delta), float(b.to_host(acc)[0])))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=tol, atol=tol * 1e-2)
+    assert results[0][1] == pytest.approx(results[1][1], rel=tol)
+    assert be._launches["output_delta"] == 1
