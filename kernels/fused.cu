@@ -189,10 +189,10 @@ __global__ void softmax_backward(T* delta, const T* a, long long rows, int cols)
 // (a - y) * inv_b times act'(a) (softmax: its Jacobian product). With want_loss, the summed
 // per-sample loss (in double) is added to *loss_acc: one atomic per warp.
 template <typename T>
-__global__ void output_delta(const T* a, const T* y, T* delta, long long rows, int cols,
-                             int out_act, int loss, T inv_b, T tiny, T one_minus_eps,
-                             double* loss_acc, int want_loss, const T* weights,
-                             int has_weights) {
+__device__ void output_delta_rows(const T* a, const T* y, T* delta, long long rows, int cols,
+                                  int out_act, int loss, T inv_b, T tiny, T one_minus_eps,
+                                  double* loss_acc, int want_loss, const T* weights,
+                                  int has_weights) {
     double part = 0.0;
     bool any = false;
     WARP_PER_ROW(r, rows, lane) {
@@ -234,6 +234,26 @@ __global__ void output_delta(const T* a, const T* y, T* delta, long long rows, i
         part = warp_sum(part);
         if (any && (threadIdx.x & 31) == 0) atomicAdd(loss_acc, part);
     }
+}
+
+template <typename T>
+__global__ void output_delta(const T* a, const T* y, T* delta, long long rows, int cols,
+                             int out_act, int loss, T inv_b, T tiny, T one_minus_eps,
+                             double* loss_acc, int want_loss, const T* weights,
+                             int has_weights) {
+    output_delta_rows(a, y, delta, rows, cols, out_act, loss, inv_b, tiny, one_minus_eps,
+                      loss_acc, want_loss, weights, has_weights);
+}
+
+// The captured step's weighted form: the batch's weights are the slice of the epoch's per-row
+// factors at offset + stride * state[0] (the batch index in device memory, as gather_at reads).
+template <typename T>
+__global__ void output_delta_at(const T* a, const T* y, T* delta, long long rows, int cols,
+                                int out_act, int loss, T inv_b, T tiny, T one_minus_eps,
+                                double* loss_acc, int want_loss, const T* weights,
+                                const long long* state, long long offset, long long stride) {
+    output_delta_rows(a, y, delta, rows, cols, out_act, loss, inv_b, tiny, one_minus_eps,
+                      loss_acc, want_loss, weights + offset + stride * state[0], 1);
 }
 
 // Adds to *acc the rows whose argmax (numpy's: first maximum, NaN first) matches the target's;
@@ -652,6 +672,9 @@ extern "C" __global__ void step_advance(long long* state, long long dj, long lon
     template __global__ void softmax_backward<T>(T*, const T*, long long, int);               \
     template __global__ void output_delta<T>(const T*, const T*, T*, long long, int, int, int, \
                                              T, T, T, double*, int, const T*, int);            \
+    template __global__ void output_delta_at<T>(const T*, const T*, T*, long long, int, int,   \
+                                                int, T, T, T, double*, int, const T*,          \
+                                                const long long*, long long, long long);       \
     template __global__ void count_correct<T>(const T*, const T*, long long, int, double*);   \
     template __global__ void gather_scale<T>(const unsigned char*, const long long*, T*,       \
                                              long long, int, long long, T, T);                 \

@@ -67,13 +67,13 @@ TEMPLATE_KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "s
                     "gather_augmented_scale", "gather_augmented", "dropout_forward",
                     "multiply_inplace", "sgd_update", "momentum_update", "adam_update",
                     "gather_scale_at", "gather_at", "gather_augmented_scale_at",
-                    "gather_augmented_at", "adam_update_at")
+                    "gather_augmented_at", "adam_update_at", "output_delta_at")
 #: extern "C" kernels of fused.cu: the Philox stream (float32 only) and the step state's.
 PLAIN_KERNELS = ("random_uniform", "random_uniform_at", "step_set", "step_advance")
 #: The kernels that exist for the captured step only (bpgpu.backends.cupy_graph launches them).
 STEP_KERNELS = ("gather_scale_at", "gather_at", "gather_augmented_scale_at",
-                "gather_augmented_at", "adam_update_at", "random_uniform_at", "step_set",
-                "step_advance")
+                "gather_augmented_at", "adam_update_at", "output_delta_at", "random_uniform_at",
+                "step_set", "step_advance")
 KERNEL_NAMES = TEMPLATE_KERNELS + PLAIN_KERNELS
 #: The C++ standard every compiler of fused.cu is given (NVRTC, nvcc, the host emulation).
 CXX_STD = "-std=c++17"
@@ -446,16 +446,22 @@ class CupyBackend(Backend):
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None, weights=None):
         if not _fits_output_delta(self, a, y, delta, output, loss, loss_acc, weights):
             return super().output_delta(a, y, delta, output, loss, loss_acc, weights)
+        args = self.output_delta_launch(a, y, delta, output, loss, loss_acc)
+        self._launch("output_delta", a.dtype, a.shape[0],
+                     args + (a if weights is None else weights, np.int32(weights is not None)),
+                     per_row=True)
+        return delta
+
+    def output_delta_launch(self, a, y, delta, output, loss, loss_acc):
+        """The arguments of the output_delta kernels before the weights (the eager launch and
+        the captured step's ``output_delta_at`` share them)."""
         t = a.dtype.type
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
         acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), _F64)
         rows, cols = a.shape
-        self._launch("output_delta", a.dtype, rows,
-                     (a, y, delta, np.int64(rows), np.int32(cols), np.int32(ACT_CODES[output]),
-                      np.int32(LOSS_CODES[loss]), t(1.0 / rows), tiny, one_minus_eps, acc,
-                      np.int32(loss_acc is not None), a if weights is None else weights,
-                      np.int32(weights is not None)), per_row=True)
-        return delta
+        return (a, y, delta, np.int64(rows), np.int32(cols), np.int32(ACT_CODES[output]),
+                np.int32(LOSS_CODES[loss]), t(1.0 / rows), tiny, one_minus_eps, acc,
+                np.int32(loss_acc is not None))
 
     def count_correct(self, a, y, acc):
         if not _fits_count_correct(self, a, y, acc):

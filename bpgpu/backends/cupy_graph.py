@@ -100,6 +100,8 @@ class GraphEpoch:
         self.be, self.model, self.ws = backend, model, ws
         self.X_dev, self.T_dev, self.optimizer = X_dev, T_dev, optimizer
         self.options = dict(step_options)
+        #: the epoch's per-row factors (rewritten in place every epoch; None: unweighted)
+        self.weights = self.options.get("weights")
         self.n, self.batch = X_dev.shape[0], ws.rows
         self.reason = None
         self.step = None              # the step being lowered (cupy_step.lower sets it)
@@ -163,8 +165,11 @@ class GraphEpoch:
             caller.wait_event(self._done)
 
     def _eager(self, order, start, rows):
+        options = self.options
+        if self.weights is not None:           # the batch's factors, as the order's slice
+            options = dict(options, weights=self.weights[start:start + rows])
         self.model.train_step(self.ws.view(rows), self.X_dev, self.T_dev,
-                              order[start:start + rows], self.optimizer, **self.options)
+                              order[start:start + rows], self.optimizer, **options)
 
     def _run(self, order, recording, step, n_full, should_stop, progress):
         be, batch = self.be, self.batch

@@ -93,6 +93,7 @@ class _Lowering:
     def __init__(self, be, recording, ctx):
         self.be, self.ctx = be, ctx
         names = recording.buffers.names
+        self.recording = recording
         self.order_buffer = names.index("order") if "order" in names else -1
         model_slopes = next((s for obj, s in recording.advance if obj is ctx.model), {})
         self.steps = model_slopes.get("steps")     # (start, per step) of the model's counter
@@ -113,6 +114,8 @@ class _Lowering:
             key.append(self._gather(op, args, raw[0], varying))
         elif op == "random_uniform" and varying:
             key.append(self._random(args, raw[0], varying))
+        elif op == "output_delta" and varying:
+            key.append(self._weighted(args, raw[0], varying))
         elif op == "adam_update" and varying:
             key.append(self._adam(args, raw[0], varying))
         elif varying:
@@ -129,7 +132,28 @@ class _Lowering:
         if op in _GATHERS:
             values = list(values)
             values[1] = self.ctx.order[:values[1].shape[0]]
+        elif op == "output_delta" and len(values) > 6 and values[6] is not None \
+                and self.ctx.weights is not None:
+            values = list(values)
+            values[6] = self.ctx.weights[:values[6].shape[0]]
         return values
+
+    def _weighted(self, args, values, varying):
+        """output_delta with the batch's slice of the epoch's per-row factors: the captured
+        kernel reads it at ``offset + stride * state[0]`` of the factors buffer."""
+        names = self.recording.buffers.names
+        index = args[6]
+        if (varying != [6] or self.ctx.weights is None or "weights" not in names
+                or index[0] != "A" or index[1] != names.index("weights")):
+            raise Unsupported("output_delta: the weights are not a slice of the epoch's factors")
+        c0, c1, c2 = index[2]
+        a = values[0]
+        be, ctx = self.be, self.ctx
+        full = be.output_delta_launch(*values[:6]) + (
+            ctx.weights, ctx.state, np.int64(c0 + c2 * a.shape[0]), np.int64(c1))
+        ctx.step.nodes.append(lambda: be._launch("output_delta_at", a.dtype, a.shape[0], full,
+                                                 per_row=True))
+        return ("weights at", c1)
 
     def _gather(self, op, args, values, varying):
         index = args[1]
