@@ -4,8 +4,8 @@
 
 so the GPU-marked tests run -- through the real backend, the probe and ``get_backend("cupy")`` --
 against the host emulation (its libcublas, tests/emulation/fake_cublas.py, standing in for the
-one :func:`bpgpu.backends.cupy_cublas.find_library` finds, so CUDA-graph epochs run). It changes ``sys.modules`` of this process only, which is why it is a
-separate process: tests/emulation/test_gpu_suite.py starts it, and nothing else in a test session
+one :func:`bpgpu.backends.cupy_cublas.find_library` finds, so CUDA-graph epochs run). It
+changes ``sys.modules`` of this process only, which is why it is a separate process: tests/emulation/test_gpu_suite.py starts it, and nothing else in a test session
 ever sees the stand-in. It says nothing about a real GPU; it checks that the GPU tests themselves
 are right (their expectations, their arithmetic of grid sizes and launch counts) before one runs.
 """
