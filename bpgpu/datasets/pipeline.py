@@ -168,9 +168,10 @@ class Pipeline:
             return indices
         return np.asarray(self.classes)[indices]
 
-    def indices(self, labels, row_names=None) -> np.ndarray:
+    def indices(self, labels, row_names=None, unknown=None) -> np.ndarray:
         """Class indices of ``labels`` given in the model's own labels; DataError naming the
-        row (``row_names[i]``, default ``row i``) and the label for one it does not know."""
+        row (``row_names[i]``, default ``row i``) and the label for one it does not know, or
+        ``unknown`` in its place when that is given."""
         if self.classes is None:
             return np.asarray(labels, np.int64)
         index = {_as_text(c): i for i, c in enumerate(self.classes)}
@@ -180,6 +181,8 @@ class Pipeline:
             found = index.get(_as_text(label))
             if found is None and not isinstance(label, str) and _is_number(label):
                 found = numeric.get(float(label))
+            if found is None and unknown is not None:
+                found = unknown
             if found is None:
                 where = row_names[i] if row_names is not None else f"row {i}"
                 raise DataError(f"{where}: target {self.target or 'label'} {label!r} is not one "

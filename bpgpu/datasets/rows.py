@@ -151,3 +151,22 @@ def _dict_rows(pipeline, dicts):
         warnings.warn(f"ignoring column{'s' if len(extra) > 1 else ''} the model does not know: "
                       f"{', '.join(extra)}", ExtraColumnsWarning, stacklevel=4)
     return names, rows
+
+
+def csv_split(pipeline, path, seed, test_fraction, encoding=None):
+    """The test split of a CSV (:func:`bpgpu.datasets.tabular.split_rows` with ``seed`` and
+    ``test_fraction``, as :func:`load_csv` makes it) encoded by the model's ``pipeline``, not
+    by the file's own statistics: ``(X_test, y_test)``, ``y_test`` class indices or values."""
+    from .tabular import split_rows
+    blocks = list(row_blocks(pipeline, path, encoding=encoding))
+    features = np.vstack([b.features for b in blocks])
+    if any(b.target is None for b in blocks):
+        raise DataError(f"{path}: no target column {pipeline.target!r}")
+    target = [v for b in blocks for v in b.target]
+    lines = [f"{path}, line {n}" for b in blocks for n in b.ids]
+    _, test = split_rows(len(target), test_fraction, seed)
+    if pipeline.task == "regression":
+        y = np.array([float(target[i]) for i in test])
+    else:
+        y = pipeline.indices([target[i] for i in test], [lines[i] for i in test])
+    return features[test], y
