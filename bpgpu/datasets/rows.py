@@ -50,9 +50,8 @@ def is_rows(X, pipeline, n_inputs) -> bool:
     """Whether ``X`` is raw rows for ``pipeline`` (a path, dicts, a DataFrame, or an array of
     raw values in column order) rather than the network's features.
 
-    A numeric array of ``n_inputs`` columns is features (what :func:`load_csv` returns); for a
-    tabular model a numeric array with one column per raw column, when that count differs, and
-    any array of strings or objects are raw rows.
+    A numeric array of ``n_inputs`` columns is features (what :func:`load_csv` returns); a
+    tabular model's other 2-D arrays (one value per raw column) are raw rows.
     """
     if isinstance(X, (str, os.PathLike)) or is_dataframe(X):
         return True
@@ -64,9 +63,7 @@ def is_rows(X, pipeline, n_inputs) -> bool:
         if _ragged_or_mixed(X) else np.asarray(X)
     if A.ndim != 2:
         return False
-    if A.dtype.kind not in "fiub":
-        return True
-    return A.shape[1] == len(pipeline.columns) != n_inputs
+    return A.dtype.kind not in "fiub" or A.shape[1] != n_inputs
 
 
 def _ragged_or_mixed(X) -> bool:
@@ -97,7 +94,8 @@ def row_blocks(pipeline, X, chunk_rows=65536, encoding=None):
         raise DataError(f"rows must be a 2-D array of values, got shape {A.shape}")
     if A.shape[1] != len(pipeline.columns):
         raise DataError(f"rows have {A.shape[1]} values, the model reads "
-                        f"{len(pipeline.columns)} columns ({', '.join(pipeline.column_names)})")
+                        f"{len(pipeline.columns)} columns ({', '.join(pipeline.column_names)})"
+                        f" or {pipeline.n_features} standardised features")
     yield from _sequence_blocks(pipeline, None, A.tolist(), chunk_rows)
 
 
