@@ -144,22 +144,28 @@ class MLP(Network):
             X = self.encode_rows(X)[0]
         return super().predict_proba(X)
 
-    def predict(self, X):
+    def predict(self, X, threshold=0.5):
         """Classification: class indices for features, the model's labels for raw rows
-        (argmax, or a 0.5 threshold with one output). Regression: the output values, shape
-        (N,) with one output, else (N, n_out)."""
+        (argmax, or ``output >= threshold`` with one output); a multi-label network's 0/1
+        indicators, shape (N, n_out). Regression: the output values, shape (N,) with one
+        output, else (N, n_out)."""
         rows = self.is_rows(X)
-        p = self.predict_proba(X)
-        if self.task == "regression":
-            return p[:, 0] if p.shape[1] == 1 else p
-        indices = (p[:, 0] >= 0.5).astype(np.int64) if p.shape[1] == 1 else p.argmax(axis=1)
-        return self.pipeline.labels(indices) if rows and self.pipeline is not None else indices
+        if rows:
+            X = self.encode_rows(X)[0]
+        if self.task != "regression":
+            indices = super().predict(X, threshold)
+            if rows and self.pipeline is not None and indices.ndim == 1:
+                return self.pipeline.labels(indices)
+            return indices
+        p = super().predict_proba(X)
+        return p[:, 0] if p.shape[1] == 1 else p
 
-    def evaluate(self, X, y=None):
+    def evaluate(self, X, y=None, sample_weight=None):
         """Mean loss and the task's figures on ``(X, y)``.
 
         ``X`` features or raw rows; ``y`` class indices, the model's labels, or target values
-        (omitted: the rows' own target column).
+        (omitted: the rows' own target column); ``sample_weight`` (N,) weights the mean loss
+        (``sum(w loss) / sum(w)``).
 
         Returns
         -------
@@ -178,7 +184,7 @@ class MLP(Network):
         elif y is None:
             raise DataError("evaluate needs targets y for features")
         y = self._targets(y)
-        result = super().evaluate(X, y)
+        result = super().evaluate(X, y, sample_weight=sample_weight)
         if self.task != "regression":
             return result
         return dict(loss=result["loss"], **regression_metrics(super().predict_proba(X), y))

@@ -17,7 +17,8 @@ Inputs (``input=``):
 
 Outputs: a classifier's ``probabilities`` (N, n_out), its output activations, and ``label`` (N,):
 the model's labels (strings for a CSV model with string labels, int64 otherwise) of the argmax,
-or of a 0.5 threshold with one output; a regression model's ``predictions`` (N, n_out).
+or of a 0.5 threshold with one output (a multi-label network: the 0/1 indicator of each
+output, (N, n_out)); a regression model's ``predictions`` (N, n_out).
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ def _output_stage(g, net, x, task):
         return
     g.op("Identity", [x], out="probabilities")
     g.add_output("probabilities", g.elem, ["N", n_out])
+    if net.multilabel:                          # each output its own yes/no label, as predict
+        half = g.const("half", g.np_dtype.type(0.5))
+        g.op("Cast", [g.op("GreaterOrEqual", [x, half])], out="label", to=TP.INT64)
+        g.add_output("label", TP.INT64, ["N", n_out])
+        return
     if n_out == 1:
         half = g.const("half", g.np_dtype.type(0.5))
         flat = g.op("Squeeze", [x, g.const("axis", np.array([1], np.int64))])
