@@ -179,7 +179,7 @@ def cmd_train(args):
     data = load_dataset(args.dataset, target=args.target, seed=args.seed)
     if data.task == "regression" and args.loss == "ce":
         args.output, args.loss = "identity", "mse"
-    net = _build_model(args, data)
+    net = _build_model(args, data).record_dataset(data)   # its pipeline and source: saved
     why = auto_reason()[1] if args.backend == "auto" else net.backend.describe()
     print(f"backend: {net.backend.name} — {why}", file=sys.stderr)
     print(f"model: {net}; dataset {data.name}: {len(data.X_train)} train, {len(data.X_test)} "
