@@ -165,6 +165,13 @@ def _build_model(args, data):
                init=args.init, dtype=args.dtype, backend=args.backend, seed=args.seed)
 
 
+def _labels(data):
+    """The dataset's class labels as its file wrote them (``--class-weight`` names them), or
+    None."""
+    pipeline = getattr(data, "pipeline", None)
+    return None if pipeline is None else getattr(pipeline, "classes", None)
+
+
 def _fit_options(args) -> dict:
     """The training options the command line sets (every one with a flag)."""
     return {d.name: getattr(args, d.name) for d in declarations() if d.flag}
@@ -175,11 +182,14 @@ def cmd_train(args):
     from ..backends import auto_reason
     from ..datasets import load_dataset
     from ..signals import TrainingInterrupted
+    from ..weights import class_weight_by_label
     _prepare(args)
     data = load_dataset(args.dataset, target=args.target, seed=args.seed)
     if data.task == "regression" and args.loss == "ce":
         args.output, args.loss = "identity", "mse"
     net = _build_model(args, data).record_dataset(data)   # its pipeline and source: saved
+    if isinstance(args.class_weight, str):              # --class-weight names labels
+        args.class_weight = class_weight_by_label(args.class_weight, _labels(data))
     why = auto_reason()[1] if args.backend == "auto" else net.backend.describe()
     print(f"backend: {net.backend.name} — {why}", file=sys.stderr)
     print(f"model: {net}; dataset {data.name}: {len(data.X_train)} train, {len(data.X_test)} "
