@@ -192,6 +192,9 @@ class MLP(Network):
     def _targets(self, y):
         """Labels written as the data wrote them -> class indices; anything else unchanged."""
         y = np.asarray(y) if not isinstance(y, list) else y
+        if self.task == "multilabel" and self.pipeline is not None:
+            from .datasets.rows import indicators
+            return indicators(self.pipeline, y) if isinstance(y, list) else y
         if self.task == "regression":
             return np.asarray(y, dtype=np.float64) if isinstance(y, list) else y
         as_array = np.asarray(y, dtype=object) if isinstance(y, list) else y

@@ -283,3 +283,68 @@ def test_fit_on_a_dataset_needs_a_fitting_network(tmp_path):
     data = load_csv(path, target="admit")
     with pytest.raises(bpgpu.DataError, match="does not fit this network"):
         bpgpu.MLP([3, 4, 3], backend="numpy").fit(data, epochs=1)
+
+
+# ------------------------------------------------------------------ several target columns
+def _multilabel_csv(path, n=300):
+    rng = np.random.default_rng(3)
+    lines = ["x1,x2,colour,a,b"]
+    for _ in range(n):
+        x1, x2 = rng.normal(size=2)
+        colour = rng.choice(["red", "blue"])
+        lines.append(f"{x1:.4f},{x2:.4f},{colour},{int(x1 > 0)},{int(x2 > 0 or colour == 'red')}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_several_target_columns_are_a_multilabel_dataset(tmp_path):
+    path = _multilabel_csv(tmp_path / "ml.csv")
+    data = load_csv(path, target="a,b")
+    assert data.task == "multilabel" and data.classes == ["a", "b"]
+    assert data.y_train.shape == (240, 2) and set(np.unique(data.y_train)) <= {0.0, 1.0}
+    assert data.feature_names == ["x1", "x2", "colour=blue", "colour=red"]
+    assert load_csv(path, target=["a", "b"]).y_train.tolist() == data.y_train.tolist()
+    net = bpgpu.MLP([4, 8, 2], activation="tanh", output="sigmoid", loss="bce",
+                    backend="numpy", seed=0)
+    net.fit(data, epochs=40, batch_size=20, lr=0.5)
+    saved = tmp_path / "ml.npz"
+    net.save(saved)
+    back = bpgpu.load(saved)
+    assert back.pipeline.target == ["a", "b"] and back.task == "multilabel"
+    rows = [{"x1": 1.0, "x2": -1.0, "colour": "red"}, {"x1": -1.0, "x2": -1.0, "colour": "blue"}]
+    np.testing.assert_array_equal(back.predict(rows), net.predict(net.encode_rows(rows)[0]))
+    assert back.predict(rows).tolist() == [[1, 1], [0, 0]]
+    res = back.evaluate(str(path))                   # the file's own target columns
+    assert 0.8 < res["accuracy"] <= 1 and 0 <= res["hamming_loss"] < 0.1
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("a,colour", "target column 'colour' holds 'red'"),
+    ("a,a", "several distinct ones"),
+    ("a,zzz", "no column 'zzz'"),
+])
+def test_bad_multilabel_targets_are_named(tmp_path, target, fragment):
+    path = _multilabel_csv(tmp_path / "ml.csv", n=20)
+    with pytest.raises(bpgpu.DataError, match=fragment):
+        load_csv(path, target=target)
+
+
+def test_multilabel_csv_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    path, model, out = _multilabel_csv(tmp_path / "ml.csv"), tmp_path / "m.npz", tmp_path / "p.csv"
+
+    def bpgpu_cli(*args):
+        return subprocess.run([sys.executable, "-m", "bpgpu", *args], capture_output=True,
+                              text=True, timeout=300)
+    res = bpgpu_cli("train", "--dataset", str(path), "--target", "a,b", "--epochs", "20",
+                    "--backend", "numpy", "--quiet", "--save", str(model))
+    assert res.returncode == 0, res.stderr
+    assert "sigmoid, loss=bce" in res.stderr and "hamming loss" in res.stdout
+    res = bpgpu_cli("predict", str(model), str(path), "--proba", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    header = out.read_text().splitlines()[0]
+    assert header == "id,a,b,proba_a,proba_b"
+    assert "every label right, hamming loss" in res.stderr
+    res = bpgpu_cli("predict", str(model), str(path), "--top", "1")
+    assert res.returncode == 2 and "independent" in res.stderr

@@ -54,12 +54,18 @@ class _Score:
 
     def __init__(self, regression):
         self.regression, self.n, self.hits = regression, 0, 0
+        self.wrong_labels = self.labels = 0          # multi-label: Hamming loss
         self.sse = self.sae = 0.0                 # per output (arrays) once a batch came
         self.mean = self.m2 = None
 
     def add(self, predicted, truth):
         if not self.regression:
             self.n += len(truth)
+            if predicted.ndim == 2:                   # multi-label: a row is right when all are
+                self.hits += int((predicted == truth).all(axis=1).sum())
+                self.wrong_labels += int((predicted != truth).sum())
+                self.labels += predicted.size
+                return
             self.hits += int((predicted == truth).sum())
             return
         t = truth.reshape(len(truth), -1).astype(np.float64)
@@ -79,7 +85,11 @@ class _Score:
         if self.n == 0:
             return None
         if not self.regression:
-            return f"accuracy {self.hits / self.n:.4f} ({self.hits} of {self.n})"
+            line = f"accuracy {self.hits / self.n:.4f} ({self.hits} of {self.n})"
+            if self.labels:
+                line += (f" with every label right, hamming loss "
+                         f"{self.wrong_labels / self.labels:.4f}")
+            return line
         k = len(self.mean)
         r2 = np.where(self.m2 > 0, 1 - self.sse / np.where(self.m2 > 0, self.m2, 1),
                       np.where(self.sse == 0, 1.0, 0.0))
@@ -109,6 +119,8 @@ def _records(net, args, batch, p):
             else "prediction"
         names = [target] if p.shape[1] == 1 else [f"{target}_{j}" for j in range(p.shape[1])]
         return ["id"] + names, [[i] + [float(v) for v in row] for i, row in zip(batch.ids, p)]
+    if net.task == "multilabel":
+        return _multilabel_records(net, args, batch, p)
     probs = _probabilities(net, p)
     indices = (p[:, 0] >= 0.5).astype(np.int64) if p.shape[1] == 1 else p.argmax(axis=1)
     labels = _labels(net, indices)
@@ -126,6 +138,19 @@ def _records(net, args, batch, p):
             columns += [[_plain(v) for v in _labels(net, order[:, j])],
                         [float(v) for v in probs[np.arange(len(p)), order[:, j]]]]
     return header, [[i] + list(row) for i, row in zip(batch.ids, zip(*columns))]
+
+
+def _multilabel_records(net, args, batch, p):
+    """A multi-label model's rows: each target column's 0/1 (``output >= 0.5``), and with
+    ``--proba`` its probability."""
+    if args.top:
+        raise UsageError("--top ranks the classes of a single-label model; this model's "
+                         "labels are independent (use --proba)")
+    names = net.pipeline.targets
+    header = ["id"] + names + ([f"proba_{n}" for n in names] if args.proba else [])
+    rows = [[i] + [int(v >= 0.5) for v in row] + ([float(v) for v in row] if args.proba else [])
+            for i, row in zip(batch.ids, p)]
+    return header, rows
 
 
 def _plain(value):
@@ -175,6 +200,7 @@ def _run(net, args, f, score):
             out.write(header, rows)
             if batch.truth is not None:
                 predicted = p if net.task == "regression" else \
+                    (p >= 0.5).astype(np.int64) if net.task == "multilabel" else \
                     ((p[:, 0] >= 0.5).astype(np.int64) if p.shape[1] == 1 else p.argmax(axis=1))
                 score.add(predicted, batch.truth)
             _say_warnings(caught)

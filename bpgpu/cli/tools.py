@@ -89,6 +89,8 @@ def cmd_evaluate(args):
     res = net.evaluate(X_test, y_test)
     figures = (f"mse {res['mse']:.6g}, mae {res['mae']:.6g}, r2 {res['r2']:.4f}"
                if net.task == "regression" else f"accuracy {res['accuracy']:.4f}")
+    if "hamming_loss" in res:
+        figures += f" (every label right), hamming loss {res['hamming_loss']:.4f}"
     print(f"{args.model} on {data.name} test ({len(X_test)} samples, backend "
           f"{net.backend.name}): loss {res['loss']:.4f}, {figures}")
     return 0

@@ -187,6 +187,8 @@ def cmd_train(args):
     data = load_dataset(args.dataset, target=args.target, seed=args.seed)
     if data.task == "regression" and args.loss == "ce":
         args.output, args.loss = "identity", "mse"
+    if data.task == "multilabel" and args.loss == "ce":      # independent yes/no outputs
+        args.output, args.loss = "sigmoid", "bce"
     net = _build_model(args, data).record_dataset(data)   # its pipeline and source: saved
     if isinstance(args.class_weight, str):              # --class-weight names labels
         args.class_weight = class_weight_by_label(args.class_weight, _labels(data))
@@ -206,7 +208,9 @@ def cmd_train(args):
     test = net.evaluate(data.X_test, data.y_test)
     if history.stop_reason != "completed":
         print(history.stop_reason, file=sys.stderr)
-    acc = f", accuracy {test['accuracy']:.4f}" if data.task == "classification" else ""
+    acc = f", accuracy {test['accuracy']:.4f}" if data.task != "regression" else ""
+    if "hamming_loss" in test:
+        acc += f" (every label right), hamming loss {test['hamming_loss']:.4f}"
     print(f"test: loss {test['loss']:.4f}{acc}  ({len(history.epoch)} epochs, {wall:.1f} s, "
           f"backend {net.backend.name})")
     _write_outputs(args, net, data, history, test, wall)

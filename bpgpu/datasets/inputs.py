@@ -96,7 +96,11 @@ def _csv(path, pipeline, batch_size, encoding):
 
 
 def _truth(pipeline, values, names):
-    """True class indices (-1: not one of the model's labels) or target values."""
+    """True class indices (-1: not one of the model's labels), target values, or a multi-label
+    model's indicators (N, k)."""
+    if pipeline.task == "multilabel":
+        from .rows import indicators
+        return indicators(pipeline, values, names)
     if pipeline.task == "regression":
         try:
             return np.array([float(v) for v in values])

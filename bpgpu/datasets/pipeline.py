@@ -32,7 +32,7 @@ __all__ = ["Pipeline", "ExtraColumnsWarning", "KINDS", "TASKS", "source_record",
 #: What a model's inputs are: CSV columns, images (uint8 pixels of ``image_shape``), or plain
 #: feature vectors (the toy sets, arrays given to ``fit``).
 KINDS = ("tabular", "image", "features")
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "multilabel")
 
 
 class ExtraColumnsWarning(UserWarning):
@@ -58,13 +58,14 @@ class Pipeline:
     Attributes
     ----------
     kind : {"tabular", "image", "features"}
-    task : {"classification", "regression"}
+    task : {"classification", "regression", "multilabel"}
+        ``multilabel``: several 0/1 target columns, one sigmoid output each.
     columns : list of dict
         Tabular models: per input column, in feature order, ``{"name", "kind": "numeric",
         "mean", "std", "scale"}`` or ``{"name", "kind": "categorical", "categories"}`` (the
         format of :attr:`bpgpu.datasets.TabularData.columns`).
-    target : str or None
-        The target column's name.
+    target : str, list of str, or None
+        The target column's name (a multi-label model: its target columns, in output order).
     classes : list or None
         The class labels in output order, as the data wrote them (strings stay strings; image
         and toy datasets have integer labels).
@@ -74,9 +75,16 @@ class Pipeline:
     kind: str = "features"
     task: str = "classification"
     columns: list = field(default_factory=list)
-    target: str | None = None
+    target: str | list | None = None
     classes: list | None = None
     image_shape: tuple | None = None
+
+    @property
+    def targets(self) -> list:
+        """The target columns' names: none, one, or a multi-label model's several."""
+        if self.target is None:
+            return []
+        return list(self.target) if isinstance(self.target, (list, tuple)) else [self.target]
 
     # ------------------------------------------------------------------ what it describes
     @property
@@ -132,8 +140,10 @@ class Pipeline:
             raise ValueError(f"pipeline task {task!r} is not one of {', '.join(TASKS)}")
         columns = [_checked_column(c) for c in _list(rec, "columns", [])]
         target = rec.get("target")
-        if target is not None and not isinstance(target, str):
-            raise ValueError(f"pipeline target {target!r} is not a column name")
+        names = target if isinstance(target, list) else [target]
+        if target is not None and not (names and all(isinstance(t, str) for t in names)):
+            raise ValueError(f"pipeline target {target!r} is not a column name (or a list of "
+                             "them)")
         classes = rec.get("classes")
         if classes is not None:
             classes = _list(rec, "classes", [])
@@ -243,7 +253,7 @@ class Pipeline:
             raise DataError(f"missing column{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(map(repr, missing))} (the model reads "
                             f"{', '.join(self.column_names)})")
-        extra = [n for n in names if n not in self.column_names and n != self.target]
+        extra = [n for n in names if n not in self.column_names and n not in self.targets]
         if extra:
             warnings.warn(f"ignoring column{'s' if len(extra) > 1 else ''} the model does not "
                           f"know: {', '.join(extra)}", ExtraColumnsWarning, stacklevel=3)

@@ -10,6 +10,7 @@ features (a numeric array of the network's input width).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,21 +118,29 @@ def _sequence_blocks(pipeline, names, rows, chunk_rows):
 
 
 def _target(pipeline, names, rows):
-    """The rows' target values, when they have the target column."""
+    """The rows' target values, when they have the target column (a multi-label model's: a
+    list of each row's values, when they have every target column)."""
     names = [str(n).strip() for n in names]
-    if pipeline.target is None or pipeline.target not in names:
+    targets = pipeline.targets
+    if not targets or any(t not in names for t in targets):
         return None
-    j = names.index(pipeline.target)
-    return [row[j].strip() if isinstance(row[j], str) else row[j] for row in rows]
+    at = [names.index(t) for t in targets]
+
+    def value(v):
+        return v.strip() if isinstance(v, str) else v
+    if pipeline.task == "multilabel":
+        return [[value(row[j]) for j in at] for row in rows]
+    return [value(row[at[0]]) for row in rows]
 
 
 def _dict_rows(pipeline, dicts):
     """``(names, rows)`` of a list of dicts: the model's columns (and the target, when every
     dict has it) in order; a dict without one of the model's columns is a DataError."""
     names = list(pipeline.column_names)
-    with_target = pipeline.target is not None and all(pipeline.target in d for d in dicts)
+    targets = pipeline.targets
+    with_target = bool(targets) and all(t in d for d in dicts for t in targets)
     if with_target:
-        names.append(pipeline.target)
+        names += targets
     extra = []
     rows = []
     for i, d in enumerate(dicts):
@@ -141,7 +150,7 @@ def _dict_rows(pipeline, dicts):
             if c not in d:
                 raise DataError(f"row {i}: no column {c!r} (the model reads "
                                 f"{', '.join(pipeline.column_names)})")
-        extra += [str(k) for k in d if k not in names and k != pipeline.target
+        extra += [str(k) for k in d if k not in names and k not in targets
                   and str(k) not in extra]
         rows.append([d[c] for c in names])
     if extra:
@@ -163,8 +172,28 @@ def csv_split(pipeline, path, seed, test_fraction, encoding=None):
     target = [v for b in blocks for v in b.target]
     lines = [f"{path}, line {n}" for b in blocks for n in b.ids]
     _, test = split_rows(len(target), test_fraction, seed)
-    if pipeline.task == "regression":
+    if pipeline.task == "multilabel":
+        y = indicators(pipeline, [target[i] for i in test], [lines[i] for i in test])
+    elif pipeline.task == "regression":
         y = np.array([float(target[i]) for i in test])
     else:
         y = pipeline.indices([target[i] for i in test], [lines[i] for i in test])
     return features[test], y
+
+
+def indicators(pipeline, values, names=None) -> np.ndarray:
+    """A multi-label model's target rows (lists of 0/1 values, numbers or text) as a float64
+    (N, k) indicator array; DataError naming the row and column of a value that is not 0 or 1."""
+    out = np.empty((len(values), len(pipeline.targets)))
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                x = math.nan
+            if x not in (0.0, 1.0):
+                where = names[i] if names is not None else f"row {i}"
+                raise DataError(f"{where}: target column {pipeline.targets[j]!r} holds {v!r}; "
+                                "a multi-label target is 0 or 1")
+            out[i, j] = x
+    return out

@@ -215,11 +215,13 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
     Parameters
     ----------
     path : path
-    target : str, optional
-        The target column (default: the last one).
+    target : str or list of str, optional
+        The target column (default: the last one). Several -- a list, or names separated by
+        commas (``"a,b,c"``) -- make a multi-label dataset: each column 0/1, ``y`` their (N, k)
+        float64 indicators, ``classes`` the column names, task ``"multilabel"``.
     categorical : sequence of str
         Columns to one-hot even though they are numeric (e.g. ``rank``).
-    task : {"auto", "classification", "regression"}
+    task : {"auto", "classification", "regression", "multilabel"}
         ``auto``: classification when the target is non-numeric or integer with at most 20
         distinct values.
     test_fraction : float
@@ -245,12 +247,18 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
         raise DataError(f"{path}: no such file")
     if not 0 <= test_fraction < 1:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    header, lines, cols, raw = _table(path, encoding, target, categorical)
-    target = target or header[-1]
+    targets = _target_names(target)
+    header, lines, cols, raw = _table(path, encoding, targets, categorical)
+    targets = targets or [header[-1]]
     train_idx, test_idx = split_rows(len(lines), test_fraction, seed)
     if train_idx.size == 0:
         raise DataError(f"{path}: test_fraction={test_fraction} leaves no training rows")
-    y, classes, task = _target(path, cols, lines, target, task)
+    if len(targets) > 1:
+        y, classes, task = _indicators(path, cols, lines, targets, task)
+        target = targets
+    else:
+        target = targets[0]
+        y, classes, task = _target(path, cols, lines, target, task)
     features, names, columns = [], [], []
     for name, values in cols.items():
         block, spec = _encode(path, name, values, lines, train_idx, name in categorical)
@@ -280,7 +288,19 @@ def csv_fingerprint(raw: bytes) -> str:
     return fingerprint(np.frombuffer(raw, np.uint8))
 
 
-def _table(path, encoding, target, categorical):
+def _target_names(target) -> list:
+    """``load_csv``'s ``target`` as a list of column names (empty: the last column)."""
+    if target is None:
+        return []
+    names = target.split(",") if isinstance(target, str) else list(target)
+    names = [str(n).strip() for n in names]
+    if not names or any(n == "" for n in names) or len(set(names)) != len(names):
+        raise DataError(f"target {target!r}: give one column name, or several distinct ones "
+                        "separated by commas")
+    return names
+
+
+def _table(path, encoding, targets, categorical):
     """The CSV checked: ``(header, line numbers, {column: stripped values}, the file's
     bytes)``."""
     rows, raw = _read_rows(path, encoding)
@@ -292,11 +312,13 @@ def _table(path, encoding, target, categorical):
         if name in seen:
             raise DataError(f"{path}: column {name!r} appears twice in the header")
         seen.add(name)
-    target = target or header[-1]
-    if target not in header:
-        raise DataError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
-    if len(header) < 2:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    targets = targets or [header[-1]]
+    for target in targets:
+        if target not in header:
+            raise DataError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
+    if len(header) <= len(targets):
+        raise DataError(f"{path}: no feature columns besides the target "
+                        f"{', '.join(map(repr, targets))}")
     for name in categorical:
         if name not in header:
             raise DataError(f"{path}: no column {name!r} to treat as categorical")
@@ -334,6 +356,22 @@ def _target(path, cols, lines, target, task):
             raise DataError(f"{path}: regression target {target!r} has non-numeric values")
         return y_num, None, task
     raise DataError(f"task must be auto, classification or regression, got {task!r}")
+
+
+def _indicators(path, cols, lines, targets, task):
+    """``(y (N, k) float64, the target names, "multilabel")`` of several 0/1 target columns
+    (removed from ``cols``)."""
+    if task not in ("auto", "multilabel", "classification"):
+        raise DataError(f"{path}: several target columns ({', '.join(targets)}) are a "
+                        f"multi-label classification, not task {task!r}")
+    y = np.empty((len(lines), len(targets)))
+    for j, name in enumerate(targets):
+        for i, v in enumerate(cols.pop(name)):
+            if v not in ("0", "1", "0.0", "1.0"):
+                raise DataError(f"{path}, line {lines[i]}: target column {name!r} holds {v!r}; "
+                                "each of several target columns is 0 or 1")
+            y[i, j] = float(v)
+    return y, list(targets), "multilabel"
 
 
 def _encode(path, name, values, lines, train_idx, categorical):
