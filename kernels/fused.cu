@@ -181,11 +181,13 @@ __global__ void softmax_backward(T* delta, const T* a, long long rows, int cols)
 
 // Output delta of the mean batch loss, one warp per row: ce/bce give (a - y) * inv_b; mse gives
 // (a - y) * inv_b times act'(a) (softmax: its Jacobian product). With want_loss, the summed
-// per-sample loss (in double) is added to *loss_acc: one atomic per warp.
+// per-sample loss (in double) is added to *loss_acc: one atomic per warp. With weighted, row r's
+// delta is then multiplied by w[r] and its loss counts w[r] times (Backend.output_delta's
+// weights; w is not read otherwise).
 template <typename T>
 __global__ void output_delta(const T* a, const T* y, T* delta, long long rows, int cols,
                              int out_act, int loss, T inv_b, T tiny, T one_minus_eps,
-                             double* loss_acc, int want_loss) {
+                             double* loss_acc, int want_loss, const T* w, int weighted) {
     double part = 0.0;
     bool any = false;
     WARP_PER_ROW(r, rows, lane) {
@@ -194,18 +196,19 @@ __global__ void output_delta(const T* a, const T* y, T* delta, long long rows, i
         const T* yr = y + r * cols;
         T* dr = delta + r * cols;
         T s = T(0);
+        double row_part = 0.0;
         for (int j = lane; j < cols; j += 32) {
             T o = ar[j], t = yr[j];
             T g = (o - t) * inv_b;
             if (loss == BPGPU_LOSS_CE) {
-                if (want_loss) part -= double(t * log_t(o < tiny ? tiny : o));
+                if (want_loss) row_part -= double(t * log_t(o < tiny ? tiny : o));
             } else if (loss == BPGPU_LOSS_BCE) {
                 if (want_loss) {
                     T p = o < tiny ? tiny : (o > one_minus_eps ? one_minus_eps : o);
-                    part -= double(t * log_t(p) + (T(1) - t) * log_t(T(1) - p));
+                    row_part -= double(t * log_t(p) + (T(1) - t) * log_t(T(1) - p));
                 }
             } else {
-                if (want_loss) part += 0.5 * double((o - t) * (o - t));
+                if (want_loss) row_part += 0.5 * double((o - t) * (o - t));
                 if (out_act == BPGPU_ACT_SOFTMAX) s += g * o;
                 else g = derivative_times(g, o, out_act);
             }
@@ -215,6 +218,12 @@ __global__ void output_delta(const T* a, const T* y, T* delta, long long rows, i
             s = warp_sum(s);
             for (int j = lane; j < cols; j += 32) dr[j] = ar[j] * (dr[j] - s);
         }
+        if (weighted) {                    // lane-local: each lane scales what it wrote
+            const T wr = w[r];
+            for (int j = lane; j < cols; j += 32) dr[j] *= wr;
+            row_part *= double(wr);
+        }
+        part += row_part;
     }
     if (want_loss) {                       // warp-uniform: every lane of a warp gets here
         part = warp_sum(part);
@@ -511,7 +520,7 @@ extern "C" __global__ void random_uniform(float* out, long long n, int first,
     template __global__ void activation_backward<T>(T*, const T*, long long, int);            \
     template __global__ void softmax_backward<T>(T*, const T*, long long, int);               \
     template __global__ void output_delta<T>(const T*, const T*, T*, long long, int, int, int, \
-                                             T, T, T, double*, int);                           \
+                                             T, T, T, double*, int, const T*, int);            \
     template __global__ void count_correct<T>(const T*, const T*, long long, int, double*);   \
     template __global__ void gather_scale<T>(const unsigned char*, const long long*, T*,       \
                                              long long, int, long long, T, T);                 \

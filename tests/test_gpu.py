@@ -224,6 +224,21 @@ def test_augmented_training_on_the_device_matches_numpy(dtype, tol, cupy_be):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_weighted_training_on_the_device_matches_numpy(dtype, tol, cupy_be):
+    """Sample and class weights reach the fused output-delta kernel every step (not the generic
+    fallback), and training matches the numpy backend's."""
+    (X, y), _ = bpgpu.datasets.mnist()
+    w = np.random.default_rng(4).uniform(0, 2, 640)
+    fit = dict(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, sample_weight=w,
+               class_weight="balanced", validation_data=(X[640:800], y[640:800]))
+    cupy_be._launches.clear()
+    assert max(_cupy_vs_numpy([784, 16, 10], dtype, 13, X[:640], y[:640], **fit)) < tol
+    assert cupy_be._launches["output_delta"] == 20
+
+
+@pytest.mark.gpu
+@gpu
 def test_every_kernel_the_step_needs_was_launched(cupy_be):
     """The fallbacks would pass every parity test too: count what actually ran."""
     (X, y), _ = bpgpu.datasets.mnist()

@@ -384,18 +384,22 @@ class CupyBackend(Backend):
         return delta
 
     def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None, weights=None):
-        if (weights is not None or loss not in LOSS_CODES or output not in ACT_CODES
+        if (loss not in LOSS_CODES or output not in ACT_CODES
                 or not _ok(a, y, delta) or a.ndim != 2 or a.shape[0] == 0
-                or (loss_acc is not None and not _ok_acc(loss_acc))):
+                or (loss_acc is not None and not _ok_acc(loss_acc))
+                or (weights is not None and not (_ok(weights) and weights.dtype == a.dtype
+                                                 and weights.shape == (a.shape[0],)))):
             return super().output_delta(a, y, delta, output, loss, loss_acc, weights)
         t = a.dtype.type
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
         acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), _F64)
+        w = weights if weights is not None else self._scratch("no_weights", (1,), a.dtype)
         rows, cols = a.shape
         self._launch("output_delta", a.dtype, rows,
                      (a, y, delta, np.int64(rows), np.int32(cols), np.int32(ACT_CODES[output]),
                       np.int32(LOSS_CODES[loss]), t(1.0 / rows), tiny, one_minus_eps, acc,
-                      np.int32(loss_acc is not None)), per_row=True)
+                      np.int32(loss_acc is not None), w, np.int32(weights is not None)),
+                     per_row=True)
         return delta
 
     def count_correct(self, a, y, acc):
