@@ -6,6 +6,7 @@ written by the tree before format 2, and for every bad input the issue names.
 """
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -348,3 +349,65 @@ def test_multilabel_csv_on_the_command_line(tmp_path):
     assert "every label right, hamming loss" in res.stderr
     res = bpgpu_cli("predict", str(model), str(path), "--top", "1")
     assert res.returncode == 2 and "independent" in res.stderr
+
+
+# ------------------------------------------------------------------ bpgpu predict on images
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "bpgpu", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def digit_model(tmp_path_factory):
+    (X, y), (Xt, yt) = bpgpu.datasets.mnist()
+    net = bpgpu.MLP([784, 64, 10], backend="numpy", seed=0)
+    net.fit(X[:12000], y[:12000], epochs=3, batch_size=32, lr=0.5)
+    path = tmp_path_factory.mktemp("digits") / "mnist.npz"
+    net.save(path)
+    return path, Xt[:300], yt[:300]
+
+
+def _accuracy(csv_path, truth_of_id):
+    import csv
+    rows = list(csv.DictReader(open(csv_path)))
+    return np.mean([int(r["label"]) == truth_of_id(r["id"]) for r in rows]), len(rows)
+
+
+def test_a_folder_of_png_digits_scores_as_the_array_does(digit_model, tmp_path):
+    """MNIST test digits drawn dark on light paper, as PNG files: the preprocessing (inverted,
+    boxed, centred by mass) classifies them within a point of the same digits given as pixels."""
+    if os.environ.get("BPGPU_REQUIRE_EXPORT") == "1":
+        from PIL import Image
+    else:
+        Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (pip install "
+                                    "'bpgpu[export]')")
+    model, Xt, yt = digit_model
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(len(Xt)):
+        Image.fromarray(255 - Xt[i].reshape(28, 28)).save(folder / f"{i:04d}_{yt[i]}.png")
+    np.save(tmp_path / "digits.npy", Xt)
+    res = _cli("predict", str(model), str(folder), "--out", str(tmp_path / "png.csv"))
+    assert res.returncode == 0, res.stderr
+    png_acc, n = _accuracy(tmp_path / "png.csv", lambda i: int(i.split("_")[1].split(".")[0]))
+    res = _cli("predict", str(model), str(tmp_path / "digits.npy"), "--out",
+               str(tmp_path / "npy.csv"))
+    assert res.returncode == 0, res.stderr
+    npy_acc, m = _accuracy(tmp_path / "npy.csv", lambda i: int(yt[int(i)]))
+    assert n == m == 300 and npy_acc > 0.85
+    assert abs(png_acc - npy_acc) <= 0.01, (png_acc, npy_acc)
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: d / "absent.csv", "no such file"),
+    (lambda d: (np.save(d / "w.npy", np.zeros((3, 5), np.uint8)), d / "w.npy")[1], "784"),
+    (lambda d: ((d / "bad.png").write_bytes(b"not a png"), d / "bad.png")[1], "bad.png"),
+])
+def test_bad_predict_inputs_are_one_line_errors(digit_model, tmp_path, make, fragment):
+    res = _cli("predict", str(digit_model[0]), str(make(tmp_path)))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpgpu: error:") and fragment in lines[0], \
+        res.stderr
