@@ -184,13 +184,10 @@ class Pipeline:
         ``unknown`` in its place when that is given."""
         if self.classes is None:
             return np.asarray(labels, np.int64)
-        index = {_as_text(c): i for i, c in enumerate(self.classes)}
-        numeric = {float(k): i for k, i in index.items() if _is_number(k)}
+        find = _finder(self.classes)
         out = np.empty(len(labels), np.int64)
         for i, label in enumerate(labels):
-            found = index.get(_as_text(label))
-            if found is None and not isinstance(label, str) and _is_number(label):
-                found = numeric.get(float(label))
+            found = find(label)
             if found is None and unknown is not None:
                 found = unknown
             if found is None:
@@ -260,6 +257,20 @@ class Pipeline:
         return [at[c] for c in self.column_names]
 
 
+def _finder(known):
+    """A function: a value -> its index in ``known`` (labels or categories as the data wrote
+    them), matched as text, or as a number when it is one (``3`` finds ``"3.0"``), else None."""
+    index = {_as_text(c): i for i, c in enumerate(known)}
+    numeric = {float(k): i for k, i in index.items() if _is_number(k)}
+
+    def find(value):
+        found = index.get(_as_text(value))
+        if found is None and not isinstance(value, str) and _is_number(value):
+            found = numeric.get(float(value))
+        return found
+    return find
+
+
 def _is_number(value) -> bool:
     if isinstance(value, bool):
         return False
@@ -295,13 +306,10 @@ def _encode_column(spec, values, row_names, where) -> np.ndarray:
                             "far outside the training values to standardise")
         return z[:, None]
     cats = spec["categories"]
-    index = {c: i for i, c in enumerate(cats)}
-    numeric = {float(c): i for c, i in index.items() if _is_number(c)}
+    find = _finder(cats)
     codes = np.empty(len(values), np.int64)
     for r, v in enumerate(values):
-        found = index.get(_as_text(v))
-        if found is None and not isinstance(v, str) and _is_number(v):
-            found = numeric.get(float(v))
+        found = find(v)
         if found is None:
             shown = ", ".join(map(str, cats[:20])) + (", ..." if len(cats) > 20 else "")
             raise DataError(f"{where}{row_names[r]}: column {name!r} holds {v!r}, a category "
