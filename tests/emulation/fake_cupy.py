@@ -31,7 +31,7 @@ import numpy as np
 
 from bpgpu.backends.cupy_backend import CupyBackend
 
-from .devmem import DeviceArray, DeviceMemory
+from .devmem import DeviceArray, DeviceMemory, PinnedBuffer
 from .hostcuda import HostModule, KernelError, build
 
 _HANDLE = 0x5EED
@@ -150,8 +150,30 @@ class _Device:
 
 
 class _Stream:
+    """A stream: the emulation runs everything at once, so waiting is checking what is waited
+    on was recorded."""
+
+    def __init__(self, non_blocking=False):
+        self.non_blocking = non_blocking
+
     def synchronize(self):
         pass
+
+    def wait_event(self, event):
+        if not isinstance(event, _Event) or not event.recorded:
+            raise RuntimeError("wait_event: the event was never recorded")
+
+
+class _Event:
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.recorded = False
+
+    def record(self, stream=None):
+        self.recorded = True
+
+    def synchronize(self):
+        if not self.recorded:
+            raise RuntimeError("Event.synchronize: the event was never recorded")
 
 
 class EmulatedCupy:
@@ -180,7 +202,8 @@ class EmulatedCupy:
             runtime=runtime_ns, cublas=cublas,
             Device=lambda device=None: _Device(self, device),
             device=types.SimpleNamespace(get_cublas_handle=lambda: _HANDLE),
-            get_current_stream=lambda: _Stream())
+            get_current_stream=lambda: _Stream(), Stream=_Stream, Event=_Event,
+            alloc_pinned_memory=lambda nbytes: PinnedBuffer(int(nbytes)))
 
     def __getattr__(self, name):      # ufuncs, reductions, dtypes: numpy's, on device arrays
         return getattr(np, name)
