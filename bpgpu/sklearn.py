@@ -144,7 +144,11 @@ class BPClassifier(ClassifierMixin, _BPEstimator):
         if first:
             if classes is None:
                 raise ValueError("classes must be given on the first call to partial_fit")
-            self.classes_ = np.unique(classes)
+            classes = np.unique(classes)
+            if len(classes) < 2:
+                raise ValueError("BPClassifier needs at least 2 classes; partial_fit was given "
+                                 f"classes={classes.tolist()}")
+            self.classes_ = classes
             self._n_outputs = len(self.classes_)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if unknown.size:

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._compat import optional_import
-from .augment import make_augment
-from .checkpoint import data_fingerprints, read_checkpoint, write_checkpoint
+from .augment import resolve_augment
+from .checkpoint import CheckpointNotWritten, data_fingerprints, read_checkpoint, write_checkpoint
 from .errors import DataError
 from .history import History
 from .optim import make_optimizer
@@ -163,9 +163,13 @@ fit.__doc__ = f"""Train ``model`` on ``(X, y)``.
     ------
     TrainingInterrupted
         On SIGINT (Ctrl-C) or SIGTERM: the current batch is finished, the model is put back to
-        the end of the last completed epoch (weights, optimizer, generator), the checkpoint is
-        written, and this is raised (a KeyboardInterrupt) with the History. A second signal stops
-        at once.
+        the end of the last completed epoch (weights, optimizer, generator; with early stopping
+        the model then holds the best epoch's weights, as after a completed run), the checkpoint
+        is written (unless no epoch completed), and this is raised (a KeyboardInterrupt) with the
+        History. A second signal stops at once.
+    bpgpu.checkpoint.CheckpointNotWritten
+        The checkpoint could not be written (an OSError: a full disk, say): training stops
+        after that epoch, the model holds what fit would have returned there.
     """
 
 
@@ -177,9 +181,7 @@ def _plan(model, X, y, validation_data, opts, info, saved, distributed):
     if X.ndim < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
         raise DataError(f"X and y must have the same number of samples, got {X.shape} and "
                         f"{y.shape}")
-    aug = make_augment(opts.augment)
-    if aug is not None:
-        aug = aug.resolved(model.sizes[0], X.shape[1:] if X.ndim == 3 else None)
+    aug = resolve_augment(opts.augment, model.sizes[0], X.shape[1:] if X.ndim == 3 else None)
     sched = make_schedule(opts.schedule, opts.lr, opts.epochs)
     if not distributed and opts.resume is not None:
         saved = read_checkpoint(opts.resume)
@@ -302,9 +304,9 @@ class Run:
         self.best_val = math.inf if best_val is None else float(best_val)
         self.since_best = int(saved.state["early_stopping"]["since_best"])
         self.schedule.load_state(saved.state.get("schedule") or {})
-        if self.patience and "best_params" in saved.arrays:
-            self.be.upload(saved.arrays["best_params"].astype(model.dtype, copy=False),
-                           self.best)
+        best = saved.best_parameters()
+        if self.patience and best is not None:
+            self.be.upload(best.astype(model.dtype, copy=False), self.best)
         self._snapshot()
 
     # ------------------------------------------------------------------ epochs
@@ -343,9 +345,16 @@ class Run:
                 self._epochs(progress, on_epoch)
             except Stopped:
                 self._stopped()
-        if self.patience and history.best_epoch is not None:
-            be.copy(self.best, self.model.params)
+            except CheckpointNotWritten:
+                self._use_best()
+                raise
+        self._use_best()
         return history
+
+    def _use_best(self):
+        """With early stopping, the best epoch's parameters into the model (what fit leaves)."""
+        if self.patience and self.history.best_epoch is not None:
+            self.be.copy(self.best, self.model.params)
 
     def _epochs(self, progress, on_epoch):
         epochs, every = self.options.epochs, self.options.checkpoint_every
@@ -370,25 +379,43 @@ class Run:
                 break
             if self.options.checkpoint is not None and (
                     not go_on or self.epoch == epochs or self.epoch % every == 0):
-                self.save_checkpoint()
-                self._written = self.epoch
+                self._checkpoint_or_stop()
             if not go_on:
                 break
             if self.interrupt.signum is not None:
                 raise Stopped
 
+    def _checkpoint_or_stop(self):
+        """Write the checkpoint; when that fails (a full disk), stop training here with
+        :class:`~bpgpu.checkpoint.CheckpointNotWritten` (the model stays this epoch's)."""
+        try:
+            self.save_checkpoint()
+        except OSError as exc:
+            failed = CheckpointNotWritten(exc, self.options.checkpoint, self.epoch,
+                                          self.history)
+            failed.bpgpu_collective = getattr(exc, "bpgpu_collective", False)
+            self.history.stop_reason = str(failed)
+            raise failed from exc
+        self._written = self.epoch
+
     def _stopped(self):
-        """A signal stopped the run: back to the last completed epoch, checkpoint written,
-        :class:`TrainingInterrupted` raised."""
+        """A signal stopped the run: back to the last completed epoch, checkpoint written (when
+        an epoch completed: nothing otherwise), the best epoch's parameters in the model with
+        early stopping, :class:`TrainingInterrupted` raised."""
         self._back_to_snapshot()
-        path = None
-        if self.options.checkpoint is not None:
-            path = (self.options.checkpoint if self._written == self.epoch
-                    else self.save_checkpoint())
+        path = error = None
+        if self.options.checkpoint is not None and self.epoch > 0:
+            try:
+                path = (self.options.checkpoint if self._written == self.epoch
+                        else self.save_checkpoint())
+            except OSError as exc:          # a full disk: the model is still saved by the caller
+                error = exc
+        self._use_best()
         signum = self.interrupt.signum
         self.history.stop_reason = (f"interrupted by {signal.Signals(signum).name} after "
                                     f"epoch {self.epoch}")
-        raise TrainingInterrupted(signum, self.history, restored=True, checkpoint=path) from None
+        raise TrainingInterrupted(signum, self.history, restored=True, checkpoint=path,
+                                  checkpoint_error=error) from None
 
     def finish_epoch(self, epoch, t0, progress, on_epoch) -> bool:
         """Record epoch ``epoch`` and make it the state to go back to (hook); False when

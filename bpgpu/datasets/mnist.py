@@ -73,7 +73,7 @@ def load_idx_dir(directory, n_classes=10, verify=True):
         if want is not None and hashlib.sha256(raw).hexdigest() != want:
             raise DataError(f"{path}: checksum mismatch with SHA256SUMS (file is corrupt)")
         arrays[stem] = read_idx_bytes(raw, path)
-    out = []
+    out, shapes = [], []
     for split in ("train", "t10k"):
         images = arrays[f"{split}-images-idx3-ubyte"]
         labels = arrays[f"{split}-labels-idx1-ubyte"]
@@ -85,10 +85,19 @@ def load_idx_dir(directory, n_classes=10, verify=True):
         if images.shape[0] != labels.shape[0]:
             raise DataError(f"{directory}: {split} has {images.shape[0]} images but "
                             f"{labels.shape[0]} labels")
+        if images.shape[0] == 0:
+            raise DataError(f"{directory}: {split}-images-idx3-ubyte holds no images")
+        if 0 in images.shape[1:]:
+            raise DataError(f"{directory}: {split} images are {images.shape[1]}x"
+                            f"{images.shape[2]} pixels (empty)")
         if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
             raise DataError(f"{directory}: {split} labels outside [0, {n_classes - 1}] "
                             f"(found {labels.min()}..{labels.max()})")
+        shapes.append(images.shape[1:])
         out.append((images.reshape(images.shape[0], -1), labels.astype(np.int64)))
+    if shapes[0] != shapes[1]:
+        raise DataError(f"{directory}: the training images are {shapes[0][0]}x{shapes[0][1]} "
+                        f"but the test images {shapes[1][0]}x{shapes[1][1]}")
     return tuple(out)
 
 

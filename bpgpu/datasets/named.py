@@ -13,9 +13,11 @@ from .mnist import fashion_mnist, load_idx_dir, mnist
 from .tabular import load_csv
 from .toy import moons, xor
 
-__all__ = ["Dataset", "load_dataset", "NAMES"]
+__all__ = ["Dataset", "load_dataset", "dataset_reference", "find_dataset", "NAMES"]
 
 NAMES = ("mnist", "fashion-mnist", "xor", "moons")
+#: other spellings of the built-in names
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashion": "fashion-mnist"}
 
 
 @dataclass
@@ -28,19 +30,80 @@ class Dataset:
     y_test: np.ndarray
     n_outputs: int
     task: str = "classification"
+    classes: list | None = None      # a CSV's label values in index order, for messages
 
     @property
     def n_inputs(self) -> int:
         return int(np.prod(self.X_train.shape[1:]))
 
 
-def load_dataset(name, target=None, seed=0) -> Dataset:
-    """Load a dataset by name, IDX directory, or CSV path (``target`` names the CSV's column)."""
+def _builtin(name) -> str | None:
+    """The built-in dataset ``name`` means, or None."""
     key = str(name).lower()
+    key = _ALIASES.get(key, key)
+    return key if key in NAMES else None
+
+
+def dataset_reference(name) -> str:
+    """How a run records the dataset ``name`` so that it can be found again from any directory:
+    a built-in name as it is, an IDX directory or CSV file as its absolute path."""
+    if _builtin(name) or not os.path.exists(os.fspath(name)):
+        return str(name)
+    return os.path.abspath(os.fspath(name))
+
+
+def find_dataset(name, beside=None) -> str:
+    """The dataset a run recorded as ``name``: a built-in name, or a path that exists, as it
+    is; else (a relative path recorded by an older bpgpu, read from another directory) the path
+    relative to the directory of the file ``beside`` (the checkpoint), when it exists there."""
+    if _builtin(name) or beside is None or os.path.isabs(name) or os.path.exists(name):
+        return name
+    there = os.path.join(os.path.dirname(os.path.abspath(os.fspath(beside))), name)
+    return there if os.path.exists(there) else name
+
+
+def _check_consistent(data: Dataset) -> Dataset:
+    """DataError unless ``data`` can be trained on and then evaluated: rows in both splits, the
+    same features in both, and -- to classify -- at least 2 classes among the training labels
+    and test labels the network's outputs can give."""
+    name = data.name
+    if len(data.X_train) == 0 or len(data.X_test) == 0:
+        raise DataError(f"{name}: too few rows to train and then test: {len(data.X_train)} "
+                        f"training and {len(data.X_test)} test rows")
+    if data.X_train.shape[1:] != data.X_test.shape[1:]:
+        raise DataError(f"{name}: training rows have shape {data.X_train.shape[1:]} but test "
+                        f"rows {data.X_test.shape[1:]}")
+    if data.task != "classification":
+        return data
+    found = np.unique(data.y_train)
+    if len(found) < 2 or data.n_outputs < 2:
+        shown = ", ".join(repr(c) for c in (data.classes or found.tolist())[:3])
+        raise DataError(f"{name}: a classifier needs at least 2 classes; the training labels "
+                        f"have {len(found)} ({shown})")
+    if data.y_test.size and (data.y_test.min() < 0 or data.y_test.max() >= data.n_outputs):
+        raise DataError(f"{name}: test labels outside the {data.n_outputs} classes of the "
+                        "training labels")
+    return data
+
+
+def load_dataset(name, target=None, seed=0) -> Dataset:
+    """Load a dataset by name, IDX directory, or CSV path (``target`` names the CSV's column).
+
+    Raises
+    ------
+    DataError
+        An unknown name, an unreadable file, or data that could be trained on but not
+        evaluated (an empty split, test rows of another shape, fewer than 2 classes).
+    """
+    return _check_consistent(_load(name, target, seed))
+
+
+def _load(name, target, seed) -> Dataset:
+    key = _builtin(name)
     if key == "mnist":
         (X, y), (Xt, yt) = mnist()
         return Dataset("mnist", X, y, Xt, yt, 10)
-    if key in ("fashion-mnist", "fashion_mnist", "fashion"):
+    if key == "fashion-mnist":
         (X, y), (Xt, yt) = fashion_mnist()
         return Dataset("fashion-mnist", X, y, Xt, yt, 10)
     if key == "xor":
@@ -59,6 +122,6 @@ def load_dataset(name, target=None, seed=0) -> Dataset:
         data = load_csv(path, target=target, seed=seed)
         n_out = len(data.classes) if data.classes is not None else 1
         return Dataset(os.path.basename(path), data.X_train, data.y_train, data.X_test,
-                       data.y_test, n_out, data.task)
+                       data.y_test, n_out, data.task, classes=data.classes)
     raise DataError(f"unknown dataset {name!r}: use {', '.join(NAMES)}, an IDX directory or a "
                     "CSV file")
