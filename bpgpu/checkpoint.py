@@ -37,6 +37,7 @@ import numpy as np
 from .checkpoint_schema import validate
 from .errors import ConfigError, DataError, ModelFileError
 from .io import model_from_archive, read_archive, save
+from .rows import in_memory, read_rows
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointNotWritten", "write_checkpoint",
            "read_checkpoint", "fingerprint", "data_fingerprints"]
@@ -44,25 +45,43 @@ __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointNotWritten", "write_ch
 #: Version of the ``"checkpoint"`` section this bpgpu writes (it reads this one and older).
 CHECKPOINT_VERSION = 3
 _OPTIMIZER_PREFIX = "optimizer_"
-_DATA_KEYS = ("train_X", "train_y", "validation_X", "validation_y")
+_DATA_KEYS = ("train_X", "train_y", "train_w", "validation_X", "validation_y", "validation_w")
+
+
+#: Rows hashed at a time when an array is not in memory.
+_FINGERPRINT_ROWS = 65536
 
 
 def fingerprint(array) -> str:
-    """A short digest of an array's shape, dtype and bytes (checks a resume uses the same data)."""
-    array = np.ascontiguousarray(array)
+    """A short digest of an array's shape, dtype and bytes (checks a resume uses the same data).
+    An array-like that is not in memory (bpgpu.rows) is read in chunks of rows, with the same
+    digest as the array in memory."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{array.shape}{array.dtype.str}".encode())
-    digest.update(memoryview(array).cast("B"))
+    if in_memory(array) or not hasattr(array, "dtype"):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype.str}".encode())
+        digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
+    shape, dtype = tuple(int(d) for d in array.shape), np.dtype(array.dtype)
+    digest.update(f"{shape}{dtype.str}".encode())
+    for start in range(0, shape[0], _FINGERPRINT_ROWS):
+        rows = read_rows(array, np.arange(start, min(start + _FINGERPRINT_ROWS, shape[0])))
+        digest.update(memoryview(np.ascontiguousarray(rows)).cast("B"))
     return digest.hexdigest()
 
 
-def data_fingerprints(X, y, validation_data=None) -> dict:
-    """Fingerprints of a run's data by name (``train_X``, ``train_y``, ``validation_X``,
-    ``validation_y``): what a resume, and the ranks of a data-parallel run, compare."""
+def data_fingerprints(X, y, validation_data=None, sample_weight=None) -> dict:
+    """Fingerprints of a run's data by name (``train_X``, ``train_y``, and where given
+    ``train_w``, ``validation_X``, ``validation_y``, ``validation_w``): what a resume, and the
+    ranks of a data-parallel run, compare. ``validation_data`` is ``(X, y)`` or ``(X, y, w)``."""
     prints = {"train_X": fingerprint(np.asarray(X)), "train_y": fingerprint(np.asarray(y))}
+    if sample_weight is not None:
+        prints["train_w"] = fingerprint(np.asarray(sample_weight))
     if validation_data is not None:
         prints["validation_X"] = fingerprint(np.asarray(validation_data[0]))
         prints["validation_y"] = fingerprint(np.asarray(validation_data[1]))
+        if len(validation_data) > 2 and validation_data[2] is not None:
+            prints["validation_w"] = fingerprint(np.asarray(validation_data[2]))
     return prints
 
 

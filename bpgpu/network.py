@@ -26,14 +26,18 @@ from .activations import check_activation, check_output_loss
 from .backends import get_backend
 from .errors import ConfigError, DataError
 from .init import init_params
+from .rows import in_memory, read_rows
 from .streams import dropout_counter, stream_key
+from .weights import check_sample_weight, row_factors
 from .workspace import Workspace
 
 __all__ = ["Network", "DTYPES"]
 
 #: The float types a model can compute in, by name (the CLI's --dtype choices).
 DTYPES = {"float32": np.float32, "float64": np.float64}
-_EVAL_CHUNK = 8192  # rows per forward pass at inference: bounds workspace memory
+#: Rows per forward pass at inference, at most, and elements of the widest layer's chunk, at
+#: most (8 Mi: 32 MB in float32): together they bound an inference workspace's memory.
+_EVAL_CHUNK, _EVAL_ELEMENTS = 8192, 1 << 23
 
 
 class Network:
@@ -95,6 +99,9 @@ class Network:
         self.stream_key = stream_key(seed)
         #: Training steps taken so far (names the random streams of the next step).
         self.steps = 0
+        #: What the last ``fit`` left for one that continues it (bpgpu.train.TrainingState,
+        #: host data), or None: kept by the training loop, read by ``continue_training``.
+        self.training_state = None
 
         # flat layout: all weights, then all biases
         n_w = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
@@ -324,7 +331,7 @@ class Network:
 
     def train_step(self, ws, X_dev, T_dev, idx, optimizer=None, *, metrics=None,
                    count_correct=False, gradient_hook=None, row_offset=0, grad_scale=1.0,
-                   layer_hook=None):
+                   layer_hook=None, weights=None):
         """One training step on rows ``idx`` of device-resident data.
 
         This is the only place the step's sequence is written -- gather (warped by the
@@ -364,6 +371,10 @@ class Network:
         layer_hook : callable(layer), optional
             Passed to :meth:`backward`: called as soon as each layer's gradient is written (a
             data-parallel run starts that layer's non-blocking reduction there).
+        weights : device array, shape (B,), the model's dtype, optional
+            Per-row factors of the output delta and the loss: ``s_i * B / sum(s)`` for sample
+            weights ``s`` over the (global) batch of ``B`` rows, so the step descends the
+            weighted mean loss ``sum(s_i loss_i) / sum(s)`` (:func:`row_factors`).
 
         A step with no rows (``ws.rows == 0``: a data-parallel process with no share of a small
         global batch) writes zero gradients, then hooks and updates like any other.
@@ -375,7 +386,7 @@ class Network:
             self.grads.fill(0)
         else:
             self._forward_backward(ws, X_dev, T_dev, idx, metrics, count_correct, fused,
-                                   row_offset, grad_scale, layer_hook)
+                                   row_offset, grad_scale, layer_hook, weights)
         if optimizer is not None:
             if gradient_hook is not None:
                 gradient_hook(self.grads)
@@ -384,7 +395,7 @@ class Network:
             self.steps += 1
 
     def _forward_backward(self, ws, X_dev, T_dev, idx, metrics, count_correct, fused, row_offset,
-                          grad_scale, layer_hook):
+                          grad_scale, layer_hook, weights=None):
         """The part of :meth:`train_step` that touches the batch's rows: gather, forward,
         metrics, output delta and backward."""
         be = self.backend
@@ -398,7 +409,7 @@ class Network:
         if count_correct:
             be.count_correct(ws.a[-1], ws.y, metrics[1:2])
         self.backward(ws, loss_acc=None if metrics is None else metrics[0:1], sgd=fused,
-                      grad_scale=grad_scale, layer_hook=layer_hook)
+                      grad_scale=grad_scale, layer_hook=layer_hook, weights=weights)
 
     def forward(self, ws, training=False, row_offset=0):
         """Forward pass from ``ws.a[0]``; leaves every layer's output in ``ws.a``.
@@ -419,7 +430,8 @@ class Network:
                 be.dropout_forward(ws.a[l], ws.uniform[l], ws.dropout, ws.mask[l], out=ws.inp[l])
         return ws.a[L]
 
-    def backward(self, ws, loss_acc=None, sgd=None, grad_scale=1.0, layer_hook=None):
+    def backward(self, ws, loss_acc=None, sgd=None, grad_scale=1.0, layer_hook=None,
+                 weights=None):
         """Backward pass after a training :meth:`forward`: fills the flat gradient buffer.
 
         Parameters
@@ -440,6 +452,8 @@ class Network:
         layer_hook : callable(layer), optional
             Called with the weight layer's index ``l`` (0-based) as soon as ``dW[l]`` and
             ``db[l]`` are written, last layer first; not called with ``sgd`` (no gradients).
+        weights : device array, shape (B,), optional
+            Per-row factors of the output delta (see :meth:`train_step`).
         """
         be = self.backend
         L = self.n_layers
@@ -452,7 +466,7 @@ class Network:
             w_out, b_out, alpha, w_beta, b_beta = (self.W, self.b, -lr * grad_scale,
                                                    1.0 - lr * weight_decay, 1.0)
             layer_hook = None
-        be.output_delta(ws.a[L], ws.y, ws.d[L], self.output, self.loss_name, loss_acc)
+        be.output_delta(ws.a[L], ws.y, ws.d[L], self.output, self.loss_name, loss_acc, weights)
         for l in range(L, 0, -1):
             if l > 1:
                 be.gemm(ws.d[l], self.W[l - 1], out=ws.d[l - 1], trans_b=True)
@@ -476,10 +490,14 @@ class Network:
         if T_dev is not None:
             be.copy(T_dev[start:stop], ws.y)
 
+    def _eval_rows(self) -> int:
+        """Rows of an inference chunk: :data:`_EVAL_CHUNK`, fewer for very wide layers."""
+        return max(1, min(_EVAL_CHUNK, _EVAL_ELEMENTS // max(self.sizes)))
+
     def _chunks(self, X_dev, T_dev=None):
         """Yield workspaces holding successive chunks of ``X_dev`` after a forward pass."""
         n = X_dev.shape[0]
-        full = self.workspace(min(n, _EVAL_CHUNK))
+        full = self.workspace(min(n, self._eval_rows()))
         for start in range(0, n, full.rows):
             stop = min(start + full.rows, n)
             ws = full.view(stop - start)
@@ -487,45 +505,110 @@ class Network:
             self.forward(ws)
             yield start, stop, ws
 
+    def _stream_chunks(self, X, y=None):
+        """:meth:`_chunks` of inputs that are not in memory (bpgpu.rows): each chunk of rows
+        read, moved to the device and, with labels or targets ``y``, its targets built."""
+        n = X.shape[0]
+        if n == 0:
+            raise DataError("inputs are empty (0 samples)")
+        full = self.workspace(min(n, self._eval_rows()))
+        for start in range(0, n, full.rows):
+            stop = min(start + full.rows, n)
+            ws = full.view(stop - start)
+            X_dev = self.prepare_inputs(read_rows(X, np.arange(start, stop)))
+            T_dev = None if y is None else self.backend.asarray(
+                self.targets_from(y[start:stop], stop - start))
+            self._set_batch(ws, X_dev, T_dev, 0, stop - start)
+            self.forward(ws)
+            yield start, stop, ws
+
     # ------------------------------------------------------------------ public inference API
     def predict_proba(self, X):
-        """Output-layer activations for ``X``, shape (N, n_out), host numpy."""
-        X_dev = self.prepare_inputs(X)
-        out = np.empty((X_dev.shape[0], self.sizes[-1]), self.dtype)
-        for start, stop, ws in self._chunks(X_dev):
+        """Output-layer activations for ``X``, shape (N, n_out), host numpy. ``X`` may be an
+        array-like that is not in memory (a memmap, an h5py or zarr dataset): read in chunks."""
+        if not in_memory(X) and hasattr(X, "shape") and hasattr(X, "dtype"):
+            chunks, n = self._stream_chunks(X), X.shape[0]
+        else:
+            X_dev = self.prepare_inputs(X)
+            chunks, n = self._chunks(X_dev), X_dev.shape[0]
+        out = np.empty((n, self.sizes[-1]), self.dtype)
+        for start, stop, ws in chunks:
             out[start:stop] = self.backend.to_host(ws.a[-1])
         return out
 
-    def predict(self, X):
-        """Predicted class labels, shape (N,): argmax of the outputs, or a 0.5 threshold for one."""
+    @property
+    def multilabel(self) -> bool:
+        """True for independent sigmoid outputs with binary cross-entropy (several of them): each
+        output is its own yes/no label, predicted by a threshold."""
+        return self.output == "sigmoid" and self.loss_name == "bce" and self.sizes[-1] > 1
+
+    def predict(self, X, threshold=0.5):
+        """Predictions for ``X``: class labels, shape (N,) -- the argmax of the outputs, or
+        ``output >= threshold`` with one output -- or, for a :attr:`multilabel` network, the
+        0/1 indicator of every label, shape (N, n_out), ``output >= threshold``."""
         p = self.predict_proba(X)
+        if self.multilabel:
+            return (p >= threshold).astype(np.int64)
         if p.shape[1] == 1:
-            return (p[:, 0] >= 0.5).astype(np.int64)
+            return (p[:, 0] >= threshold).astype(np.int64)
         return p.argmax(axis=1)
 
-    def metrics_on_device(self, X_dev, T_dev):
-        """Mean loss and accuracy over device-resident data, read from the device once."""
+    def metrics_on_device(self, X_dev, T_dev, W_dev=None):
+        """Mean loss and accuracy over device-resident data, read from the device once.
+
+        With ``W_dev`` (device array (N,) of sample weights) the loss is the weighted mean
+        ``sum(w loss) / sum(w)``; accuracy always counts rows (for a :attr:`multilabel` network
+        the share of rows whose every label is right, computed from the outputs on the host).
+        """
+        return self._metrics(self._chunks(X_dev, T_dev), X_dev.shape[0], W_dev)
+
+    def metrics(self, X, y, W_dev=None):
+        """:meth:`metrics_on_device` of host data: in memory, or an array-like read in chunks
+        (labels or targets ``y`` in memory)."""
+        if in_memory(X) or not (hasattr(X, "shape") and hasattr(X, "dtype")):
+            X_dev = self.prepare_inputs(X)
+            T_dev = self.backend.asarray(self.targets_from(y, X_dev.shape[0]))
+            return self.metrics_on_device(X_dev, T_dev, W_dev)
+        return self._metrics(self._stream_chunks(X, y), X.shape[0], W_dev)
+
+    def _metrics(self, chunks, n, W_dev):
         be = self.backend
         acc = be.zeros((2,), np.float64)
-        for _, _, ws in self._chunks(X_dev, T_dev):
-            be.loss_sum(ws.a[-1], ws.y, self.loss_name, acc[0:1])
-            be.count_correct(ws.a[-1], ws.y, acc[1:2])
+        correct_rows = 0
+        for start, stop, ws in chunks:
+            w = None if W_dev is None else W_dev[start:stop]
+            be.loss_sum(ws.a[-1], ws.y, self.loss_name, acc[0:1], w)
+            if self.multilabel:
+                hit = (be.to_host(ws.a[-1]) >= 0.5) == (be.to_host(ws.y) >= 0.5)
+                correct_rows += int(hit.all(axis=1).sum())
+            else:
+                be.count_correct(ws.a[-1], ws.y, acc[1:2])
         loss_sum, correct = be.to_host(acc)
-        n = X_dev.shape[0]
-        return float(loss_sum) / n, float(correct) / n
+        total = n if W_dev is None else float(be.to_host(W_dev).sum())
+        return float(loss_sum) / total, (correct_rows if self.multilabel else float(correct)) / n
 
-    def evaluate(self, X, y):
+    def evaluate(self, X, y, sample_weight=None):
         """Mean loss and accuracy on ``(X, y)``.
 
         Returns
         -------
-        dict with keys "loss" and "accuracy" (accuracy is computed by argmax, or a 0.5 threshold
-        with one output).
+        dict
+            "loss" (the mean, weighted by ``sample_weight`` when given) and "accuracy" (argmax,
+            or a 0.5 threshold with one output; rows count once each). A :attr:`multilabel`
+            network reports "accuracy" as the subset accuracy (every label of a row right) and
+            "hamming_loss" (the share of wrong labels).
         """
-        X_dev = self.prepare_inputs(X)
-        T_dev = self.backend.asarray(self.targets_from(y, X_dev.shape[0]))
-        loss, accuracy = self.metrics_on_device(X_dev, T_dev)
-        return {"loss": loss, "accuracy": accuracy}
+        W_dev = None
+        if sample_weight is not None:
+            w = check_sample_weight(sample_weight, len(y))
+            W_dev = self.backend.asarray(w.astype(self.dtype))
+        loss, accuracy = self.metrics(X, y, W_dev)
+        result = {"loss": loss, "accuracy": accuracy}
+        if self.multilabel:
+            T = self.targets_from(y, len(y))
+            wrong = (self.predict_proba(X) >= 0.5) != (T >= 0.5)
+            result["hamming_loss"] = float(wrong.mean())
+        return result
 
     def loss(self, X, Y) -> float:
         """Mean loss over the samples of ``(X, Y)`` (float)."""
@@ -538,15 +621,22 @@ class Network:
         idx = self.backend.asarray(np.arange(X_dev.shape[0]))
         return self.workspace(X_dev.shape[0]), X_dev, T_dev, idx
 
-    def gradients(self, X, Y):
-        """Gradient of the mean loss over the batch ``(X, Y)``.
+    def gradients(self, X, Y, sample_weight=None):
+        """Gradient of the mean loss over the batch ``(X, Y)`` (the weighted mean
+        ``sum(s loss) / sum(s)`` with ``sample_weight``).
 
         Returns
         -------
         dW : list of ndarray, shapes (n_{l-1}, n_l), host copies
         db : list of ndarray, shapes (n_l,)
         """
-        self.train_step(*self._whole_batch(X, Y))
+        ws, X_dev, T_dev, idx = self._whole_batch(X, Y)
+        factors = None
+        if sample_weight is not None:
+            s = check_sample_weight(sample_weight, X_dev.shape[0])
+            factors = self.backend.asarray(
+                row_factors(s, np.arange(s.shape[0]), s.shape[0], self.dtype))
+        self.train_step(ws, X_dev, T_dev, idx, weights=factors)
         return self._views(self.backend.to_host(self.grads))
 
     def step(self, X, Y, lr=0.1):

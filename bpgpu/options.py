@@ -165,6 +165,18 @@ class FitOptions:
         "'step:every=10,factor=0.5', 'cosine:warmup=5,min=0', 'nielsen:patience=10,halvings=7' "
         "or 'constant' (see bpgpu.schedules); nielsen holds out 10 % for validation when no "
         "validation data is given.", flag="--schedule", metavar="SPEC", optional=True)
+    class_weight: object = _option(
+        None, "spec", "Weights of the classes (integer labels): 'balanced' (n_samples / "
+        "(n_classes * count), as scikit-learn computes it) or a dict of label -> weight (JSON "
+        "on the command line); multiplies each row's sample weight. Validation is not "
+        "class-weighted.", flag="--class-weight", metavar="balanced|JSON", optional=True,
+        sklearn="class_weight")
+    continue_training: bool = _option(
+        False, "flag", "Continue the previous fit of this model: its optimizer state, epoch "
+        "count, schedule state, early-stopping state and validation split carry over, the "
+        "generator and step count are the model's own, and epochs more epochs run "
+        "(fit(epochs=2) then fit(epochs=3, continue_training=True) equals fit(epochs=5)). The "
+        "first fit of a model simply trains.", resume=FREE)
     checkpoint: str | None = _option(
         None, "path", "Write a checkpoint (everything a resumed run needs) here, atomically, "
         "every checkpoint_every epochs, after the last one, and when training is interrupted.",
@@ -172,6 +184,20 @@ class FitOptions:
     checkpoint_every: int = _option(
         1, "count", "Write the checkpoint every this many epochs.", flag="--checkpoint-every",
         metavar="N", resume=RESTORE)
+    log: str | None = _option(
+        None, "path", "Append one row per completed epoch (epoch, seconds, samples/s, rate, "
+        "training and validation loss and accuracy, backend) to this CSV (.csv) or JSON Lines "
+        "(.jsonl) file, flushed and fsynced as each epoch ends (bpgpu.runlog); a resumed run "
+        "continues it.", flag="--log", metavar="PATH", resume=RESTORE, ranks=PRESENCE,
+        optional=True)
+    tensorboard: str | None = _option(
+        None, "path", "Write TensorBoard event files to this directory through tensorboardX: "
+        "the scalars of every epoch and the hyper-parameters once (bpgpu.tensorboard).",
+        flag="--tensorboard", metavar="DIR", resume=RESTORE, ranks=PRESENCE, optional=True)
+    tensorboard_histograms: int | None = _option(
+        None, "count", "With tensorboard: the weights and biases of every layer as histograms "
+        "every this many epochs.", flag="--tensorboard-histograms", metavar="N",
+        resume=RESTORE, optional=True)
     resume: str | None = _option(
         None, "path", "Continue from this checkpoint: the model must have its architecture, "
         "the data and the options that shape the trajectory must be the same. The result is "

@@ -35,12 +35,15 @@ import numpy as np
 from ._compat import optional_import
 from .augment import resolve_augment
 from .checkpoint import CheckpointNotWritten, data_fingerprints, read_checkpoint, write_checkpoint
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .feeder import BatchFeeder
 from .history import History
 from .optim import make_optimizer
 from .options import FitOptions, parameters_doc, signature
+from .rows import RowView, as_rows, in_memory, row_count
 from .schedules import Constant, make_schedule
 from .signals import InterruptGuard, Stopped, TrainingInterrupted
+from .weights import check_sample_weight, class_weights, row_factors
 
 __all__ = ["History", "TrainingDiverged", "TrainingInterrupted", "fit", "Plan", "Run"]
 
@@ -73,6 +76,12 @@ class Plan:
         Fingerprints of the data (when a checkpoint is written or read).
     info : dict or None
         ``fit``'s ``checkpoint_info``.
+    sample_weight, validation_weight : ndarray (N,) float64 or None
+        The training rows' weights (sample times class weights) and the validation rows'.
+    continued : TrainingState or None
+        The previous fit's state, when this one continues it.
+    epochs : int
+        The epoch the run trains up to (counting a resumed or continued run's epochs).
     """
     X: object
     y: object
@@ -86,16 +95,35 @@ class Plan:
     trajectory: dict
     data_prints: object
     info: object
+    sample_weight: object = None
+    validation_weight: object = None
+    continued: object = None
+    epochs: int = 0
 
 
-def _split_validation(rng, X, y, fraction):
-    n = X.shape[0]
+@dataclass
+class TrainingState:
+    """What one call of :func:`fit` leaves on the model (``model.training_state``) for a later
+    call with ``continue_training=True``: host data only, so it pickles (the scikit-learn
+    estimators keep it between ``partial_fit`` calls)."""
+    optimizer: str
+    optimizer_state: tuple
+    epoch: int
+    schedule: dict
+    early_stopping: dict
+    split_state: object
+    network: dict
+    last_loss: object = None
+    best_params: object = None
+
+
+def _split_validation(rng, n, fraction):
+    """``(training rows, validation rows)`` of ``n``, drawn from ``rng``."""
     n_val = max(1, int(round(n * fraction)))
     if n_val >= n:
         raise DataError(f"validation_split={fraction} leaves no training samples out of {n}")
     order = rng.permutation(n)
-    val, train = order[:n_val], order[n_val:]
-    return X[train], y[train], (X[val], y[val])
+    return order[n_val:], order[:n_val]
 
 
 def _progress_bar(enabled, total, desc):
@@ -108,27 +136,40 @@ def _progress_bar(enabled, total, desc):
                      dynamic_ncols=True)
 
 
-def fit(model, X, y, *, validation_data=None, progress=False, on_epoch=None,
-        checkpoint_info=None, parallel=None, **options):
+def fit(model, X, y, *, sample_weight=None, validation_data=None, progress=False,
+        on_epoch=None, checkpoint_info=None, parallel=None, **options):
     """Train ``model`` (a :class:`~bpgpu.network.Network`) on ``(X, y)``."""
     opts = FitOptions.of(options)
+    if opts.continue_training and opts.resume is not None:
+        raise ConfigError("continue_training and resume: continue a fit of this model, or a "
+                          "checkpoint, not both")
     saved = None
     if parallel is not None:   # every rank checks it trains what rank 0 trains, takes its state
-        saved = parallel.start(model, X, y, validation_data, opts)
-    plan, saved = _plan(model, X, y, validation_data, opts, checkpoint_info, saved,
-                        distributed=parallel is not None)
+        saved = parallel.start(model, X, y, validation_data, opts, sample_weight)
+    plan, saved = _plan(model, X, y, sample_weight, validation_data, opts, checkpoint_info,
+                        saved, distributed=parallel is not None)
     run = Run(model, plan) if parallel is None else parallel.make_run(model, plan)
     if saved is not None:
         run.resume_from(saved)
-    return run.train(progress=progress, on_epoch=on_epoch)
+    elif plan.continued is not None:
+        run.continue_from(plan.continued)
+    try:
+        history = run.train(progress=progress, on_epoch=on_epoch)
+    except TrainingInterrupted as stop:
+        if stop.restored:                  # at the end of the last completed epoch
+            model.training_state = run.training_state()
+        raise
+    model.training_state = run.training_state()
+    return history
 
 
 _P = inspect.Parameter
 fit.__signature__ = signature(
     [_P(name, _P.POSITIONAL_OR_KEYWORD) for name in ("model", "X", "y")],
     [_P(name, _P.KEYWORD_ONLY, default=default)
-     for name, default in (("validation_data", None), ("progress", False), ("on_epoch", None),
-                           ("checkpoint_info", None), ("parallel", None))])
+     for name, default in (("sample_weight", None), ("validation_data", None),
+                           ("progress", False), ("on_epoch", None), ("checkpoint_info", None),
+                           ("parallel", None))])
 del _P
 
 fit.__doc__ = f"""Train ``model`` on ``(X, y)``.
@@ -139,7 +180,14 @@ fit.__doc__ = f"""Train ``model`` on ``(X, y)``.
     X : array, shape (N, n_0)
         uint8 inputs are scaled by the model's ``input_scale``/``input_shift``; floats used as is.
     y : array, shape (N,) integer labels, or (N, n_out) targets
-    validation_data : (X_val, y_val), optional
+    sample_weight : array, shape (N,), optional
+        Non-negative weight of every sample: each batch descends ``sum(s_i loss_i) / sum(s_i)``
+        over its rows (scikit-learn's convention: integer weights equal repeated rows; Keras
+        divides by the batch's rows instead), see :mod:`bpgpu.weights`. The epoch's training
+        loss is then weighted too; accuracy counts rows.
+    validation_data : (X_val, y_val) or (X_val, y_val, sample_weight_val), optional
+        With weights, the validation loss is their weighted mean. A validation split keeps the
+        held-out rows' ``sample_weight`` for it.
     progress : bool
         Show a progress bar (tqdm, when installed) and print a line per epoch to stderr.
     on_epoch : callable(History) -> bool, optional
@@ -173,16 +221,18 @@ fit.__doc__ = f"""Train ``model`` on ``(X, y)``.
     """
 
 
-def _plan(model, X, y, validation_data, opts, info, saved, distributed):
+def _plan(model, X, y, sample_weight, validation_data, opts, info, saved, distributed):
     """Resolve ``fit``'s arguments into a :class:`Plan` (and the checkpoint to resume, if any).
     The order of the generator's draws is part of the result: the split comes before training."""
-    X = np.asarray(X)
-    y = np.asarray(y)
-    if X.ndim < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
-        raise DataError(f"X and y must have the same number of samples, got {X.shape} and "
-                        f"{y.shape}")
-    aug = resolve_augment(opts.augment, model.sizes[0], X.shape[1:] if X.ndim == 3 else None)
-    sched = make_schedule(opts.schedule, opts.lr, opts.epochs)
+    X, y, weights, validation_data = _arrays(model, X, y, sample_weight, validation_data, opts)
+    aug = resolve_augment(opts.augment, model.sizes[0],
+                          X.shape[1:] if len(X.shape) == 3 else None)
+    continued = model.training_state if opts.continue_training else None
+    if continued is not None and continued.optimizer != opts.optimizer:
+        raise ConfigError(f"continue_training: the previous fit used optimizer "
+                          f"{continued.optimizer!r}, this one asks for {opts.optimizer!r}")
+    epochs = opts.epochs + (continued.epoch if continued is not None else 0)
+    sched = make_schedule(opts.schedule, opts.lr, epochs)
     if not distributed and opts.resume is not None:
         saved = read_checkpoint(opts.resume)
     if saved is not None:
@@ -192,10 +242,10 @@ def _plan(model, X, y, validation_data, opts, info, saved, distributed):
                                     or sched.needs_validation):
         fraction = opts.validation_split or 0.1
         validation = ["split", fraction]
-        if saved is not None and saved.split_state is not None:
-            model.rng.bit_generator.state = saved.split_state
-        split_state = model.rng.bit_generator.state
-        X, y, validation_data = _split_validation(model.rng, X, y, fraction)
+        previous = saved.split_state if saved is not None else (
+            continued.split_state if continued is not None else None)
+        X, y, weights, validation_data, split_state = _split(model.rng, X, y, weights,
+                                                             fraction, previous, continued)
     opt = make_optimizer(opts.optimizer, model.backend, model.n_params, model.dtype, lr=opts.lr,
                          momentum=opts.momentum, weight_decay=opts.weight_decay,
                          n_decay=model.n_weights)
@@ -204,11 +254,54 @@ def _plan(model, X, y, validation_data, opts, info, saved, distributed):
         "augment": None if aug is None else aug.to_dict(),
         "schedule": None if isinstance(sched, Constant) else sched.settings(),
         "validation_split": validation})
-    prints = (data_fingerprints(X, y, validation_data)
+    prints = (data_fingerprints(X, y, validation_data, weights)
               if opts.checkpoint is not None or saved is not None else None)
-    plan = Plan(X, y, validation_data, opts, opt, aug, sched, validation, split_state,
-                trajectory, prints, info)
+    val_weight = validation_data[2] if validation_data is not None else None
+    plan = Plan(X, y, validation_data and validation_data[:2], opts, opt, aug, sched,
+                validation, split_state, trajectory, prints, info, weights, val_weight,
+                continued, epochs)
     return plan, saved
+
+
+def _arrays(model, X, y, sample_weight, validation_data, opts):
+    """``(X, y, training weights or None, (X_val, y_val, weights or None) or None)``: the data
+    checked, the class weights multiplied into the sample weights."""
+    X = as_rows(X)                  # an array-like that is not in memory stays where it is
+    y = np.asarray(y)
+    if len(X.shape) < 2 or y.ndim < 1 or X.shape[0] != y.shape[0]:
+        raise DataError(f"X and y must have the same number of samples, got {X.shape} and "
+                        f"{y.shape}")
+    weights = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
+    per_class = class_weights(opts.class_weight, y, model.sizes[-1])
+    if per_class is not None:
+        weights = per_class if weights is None else weights * per_class
+        check_sample_weight(weights, X.shape[0], "sample_weight times class_weight")
+    if validation_data is not None:
+        if len(validation_data) not in (2, 3):
+            raise DataError("validation_data must be (X_val, y_val) or (X_val, y_val, "
+                            f"sample_weight_val), got {len(validation_data)} items")
+        Xv, yv = validation_data[:2]
+        wv = validation_data[2] if len(validation_data) == 3 else None
+        wv = None if wv is None else check_sample_weight(wv, Xv.shape[0], "sample_weight_val")
+        validation_data = (Xv, yv, wv)
+    return X, y, weights, validation_data
+
+
+def _split(rng, X, y, weights, fraction, previous, continued):
+    """A validation split drawn from ``rng`` (from the ``previous`` run's state when resuming or
+    continuing, so the rows are the same; a continued run's generator is then put back)."""
+    now = rng.bit_generator.state
+    if previous is not None:
+        rng.bit_generator.state = previous
+    split_state = rng.bit_generator.state
+    train, val = _split_validation(rng, X.shape[0], fraction)
+    if continued is not None:
+        rng.bit_generator.state = now
+    def rows(index):                # a copy in memory; a view of the rows out of it
+        return X[index] if in_memory(X) else RowView(X, index)
+    validation = (rows(val), y[val], None if weights is None else weights[val])
+    return (rows(train), y[train], None if weights is None else weights[train], validation,
+            split_state)
 
 
 class Run:
@@ -226,25 +319,45 @@ class Run:
         opts = self.options = plan.options
         self.opt, self.schedule = plan.optimizer, plan.schedule
         be = self.be = model.backend
-        self.X_dev = model.prepare_inputs(plan.X)
-        self.T_dev = be.asarray(model.targets_from(plan.y, self.X_dev.shape[0]))
-        self.n = self.X_dev.shape[0]
-        self.val = None
+        self.batch = min(opts.batch_size, row_count(plan.X))
+        self.feeder = None
+        if in_memory(plan.X):           # uploaded once, gathered on the device step by step
+            self.X_dev = model.prepare_inputs(plan.X)
+            self.T_dev = be.asarray(model.targets_from(plan.y, self.X_dev.shape[0]))
+        else:                           # read batch by batch (bpgpu.feeder)
+            self.X_dev = self.T_dev = None
+            self.feeder = BatchFeeder(model, plan.X, np.asarray(plan.y), self.batch)
+        self.n = row_count(plan.X)
+        self.val, self.val_on_device = None, True
         if plan.validation_data is not None:
             Xv, yv = plan.validation_data
-            Xv_dev = model.prepare_inputs(Xv)
-            self.val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
-        self.classify = model.output == "softmax" or np.asarray(plan.y).dtype.kind in "iub"
+            self.val_on_device = in_memory(Xv)
+            if self.val_on_device:
+                Xv_dev = model.prepare_inputs(Xv)
+                self.val = (Xv_dev, be.asarray(model.targets_from(yv, Xv_dev.shape[0])))
+            else:
+                self.val = (Xv, np.asarray(yv))
+        self.classify = (model.output == "softmax" or model.multilabel
+                         or np.asarray(plan.y).dtype.kind in "iub")
         self.train_metrics = opts.train_metrics
-        self.count_correct = self.classify and opts.train_metrics
+        self.count_correct = self.classify and opts.train_metrics and not model.multilabel
         self.shuffle, self.patience = opts.shuffle, opts.early_stopping
-        self.batch = min(opts.batch_size, self.n)
         self.ws = model.workspace(self.batch, dropout=opts.dropout, augment=plan.augment)
         self.metrics = be.zeros((2,), np.float64)    # [loss sum, correct count] of the epoch
+        # sample weights: the epoch's per-row factors, rewritten in place every epoch
+        self.factors = (be.empty((self.n,), model.dtype) if plan.sample_weight is not None
+                        else None)
+        self.val_weight = (None if plan.validation_weight is None or self.val is None
+                           else be.asarray(plan.validation_weight.astype(model.dtype)))
+        step_options = {} if self.factors is None else {"weights": self.factors}
         # the whole epoch as one compiled call where the backend has one (numba), else None
-        self.compiled = be.compiled_epoch(model, self.ws, self.X_dev, self.T_dev, self.opt,
-                                          metrics=self.metrics if opts.train_metrics else None,
-                                          count_correct=self.count_correct)
+        self.compiled = None if self.feeder is not None else be.compiled_epoch(
+            model, self.ws, self.X_dev, self.T_dev, self.opt,
+            metrics=self.metrics if opts.train_metrics else None,
+            count_correct=self.count_correct, **step_options)
+        self.epochs = plan.epochs
+        self.previous_loss = None                     # the epoch before this run's first
+        self.listeners = []                           # made when training starts
         self.best = be.empty((model.n_params,), model.dtype) if self.patience else None
         self.best_val, self.since_best = math.inf, 0
         self.history = History(backend=be.name)
@@ -261,6 +374,21 @@ class Run:
     def interrupt_guard(self):
         """The signal guard of this run (hook): :class:`~bpgpu.signals.InterruptGuard`."""
         return InterruptGuard()
+
+    def make_listeners(self) -> list:
+        """What watches this run's epochs (hook; a data-parallel run's rank 0 alone has them):
+        the per-epoch log (bpgpu.runlog) and TensorBoard (bpgpu.tensorboard), as the options
+        ask. Each has ``append(history)`` after every recorded epoch and ``close()``."""
+        opts, listeners = self.options, []
+        continues = self.plan.continued.epoch if self.plan.continued is not None else None
+        if opts.log is not None:
+            from .runlog import EpochLog
+            listeners.append(EpochLog(opts.log, self.n, self.history, continues))
+        if opts.tensorboard is not None:
+            from .tensorboard import TensorBoardLog
+            listeners.append(TensorBoardLog(opts.tensorboard, self.model, opts.record(),
+                                            self.n, opts.tensorboard_histograms))
+        return listeners
 
     # ------------------------------------------------------------------ state
     def _snapshot(self):
@@ -287,6 +415,38 @@ class Run:
             "backend": self.be.name, "info": plan.info}
         return write_checkpoint(self.options.checkpoint, model, self.last_good,
                                 self.opt_snapshot.state(), progress, best)
+
+    def continue_from(self, state):
+        """Continue the previous fit of this model (:class:`TrainingState`): its optimizer
+        state, epochs, schedule and early-stopping state, generator and step count."""
+        model = self.model
+        model.load_state(state.network)
+        self.opt.load_state(*state.optimizer_state)
+        self.epoch = state.epoch
+        self.schedule.load_state(state.schedule or {})
+        best_val = state.early_stopping["best_val"]
+        self.best_val = math.inf if best_val is None else float(best_val)
+        self.since_best = int(state.early_stopping["since_best"])
+        self.previous_loss = state.last_loss
+        if self.patience and state.best_params is not None:
+            self.be.upload(state.best_params.astype(model.dtype, copy=False), self.best)
+        self._snapshot()
+
+    def training_state(self) -> TrainingState:
+        """The state a later ``fit(..., continue_training=True)`` of this model continues
+        (taken at the end of the last completed epoch)."""
+        best = (self.be.to_host(self.best)
+                if self.patience and (self.history.best_epoch is not None
+                                      or not math.isinf(self.best_val)) else None)
+        network = {k: v for k, v in self.last_good.items() if k != "params"}
+        return TrainingState(
+            optimizer=self.opt.name, optimizer_state=self.opt_snapshot.state(), epoch=self.epoch,
+            schedule=self.schedule.state(),
+            early_stopping={"best_val": None if math.isinf(self.best_val) else self.best_val,
+                            "since_best": self.since_best},
+            split_state=self.plan.split_state, network=network,
+            last_loss=self.history.loss[-1] if self.history.loss else self.previous_loss,
+            best_params=best)
 
     def resume_from(self, saved):
         """Continue from the checkpoint ``saved`` (:class:`bpgpu.checkpoint.Checkpoint`): check
@@ -324,32 +484,51 @@ class Run:
             if ran:
                 return
         metrics = self.metrics if self.train_metrics else None
-        for start in range(0, self.n, batch):
+        spans = [(start, min(start + batch, self.n)) for start in range(0, self.n, batch)]
+        for (start, stop), (X, T, rows) in zip(spans, self.steps(order, spans)):
             if interrupt.signum is not None:
                 raise Stopped
-            stop = min(start + batch, self.n)
-            model.train_step(ws.view(stop - start), self.X_dev, self.T_dev, order[start:stop],
-                             self.opt, metrics=metrics, count_correct=self.count_correct)
+            weights = None if self.factors is None else self.factors[start:stop]
+            model.train_step(ws.view(stop - start), X, T, rows, self.opt, metrics=metrics,
+                             count_correct=self.count_correct, weights=weights)
             if bar is not None:
                 bar.update(1)
+
+    def steps(self, order, spans):
+        """The inputs of every step of an epoch: for each ``(lo, hi)`` of ``spans`` (positions
+        in the epoch's order), ``(X, T, rows)`` for ``train_step`` -- the device-resident data
+        and ``order[lo:hi]``, or, for data not in memory, the batch the feeder staged and the
+        rows 0 .. b-1."""
+        if self.feeder is None:
+            for lo, hi in spans:
+                yield self.X_dev, self.T_dev, order[lo:hi]
+        else:
+            yield from self.feeder.batches(self.order_host, spans)
 
     def train(self, *, progress=False, on_epoch=None):
         """Run epochs ``self.epoch + 1 ..`` up to the options' ``epochs`` (hook); return the
         History."""
-        be, history = self.be, self.history
+        be = self.be
+        self.listeners = self.make_listeners()
         # A diverging run overflows on the way to NaN; that is detected and reported below, so
         # numpy's per-op floating-point warnings would only be noise.
-        with self.interrupt, be.compute_threads(self.batch), np.errstate(
-                over="ignore", invalid="ignore", divide="ignore"):
-            try:
-                self._epochs(progress, on_epoch)
-            except Stopped:
-                self._stopped()
-            except CheckpointNotWritten:
-                self._use_best()
-                raise
+        try:
+            with self.interrupt, be.compute_threads(self.batch), np.errstate(
+                    over="ignore", invalid="ignore", divide="ignore"):
+                try:
+                    self._epochs(progress, on_epoch)
+                except Stopped:
+                    self._stopped()
+                except CheckpointNotWritten:
+                    self._use_best()
+                    raise
+        finally:
+            for listener in self.listeners:
+                listener.close()
+            if self.feeder is not None:
+                self.feeder.close()
         self._use_best()
-        return history
+        return self.history
 
     def _use_best(self):
         """With early stopping, the best epoch's parameters into the model (what fit leaves)."""
@@ -357,7 +536,7 @@ class Run:
             self.be.copy(self.best, self.model.params)
 
     def _epochs(self, progress, on_epoch):
-        epochs, every = self.options.epochs, self.options.checkpoint_every
+        epochs, every = self.epochs, self.options.checkpoint_every
         order_host = np.arange(self.n)
         n_batches = -(-self.n // self.batch)
         self._written = None                          # the epoch last written to the checkpoint
@@ -367,6 +546,10 @@ class Run:
             t0 = time.perf_counter()
             if self.shuffle:
                 order_host = self.model.rng.permutation(self.n)
+            self.order_host = order_host
+            if self.factors is not None:
+                self.be.upload(row_factors(self.plan.sample_weight, order_host, self.batch,
+                                           self.model.dtype), self.factors)
             self.metrics[...] = 0
             bar = _progress_bar(progress, n_batches, f"epoch {epoch}/{epochs}")
             try:
@@ -431,16 +614,20 @@ class Run:
         history.epoch.append(epoch)
         history.loss.append(loss)
         history.accuracy.append(float(correct) / n if self.count_correct else None)
-        history.loss_increased.append(self.train_metrics and len(history.loss) > 1
-                                      and loss > history.loss[-2])
+        before = history.loss[-2] if len(history.loss) > 1 else self.previous_loss
+        history.loss_increased.append(self.train_metrics and before is not None
+                                      and loss > before)
         history.lr.append(self.opt.lr)
         if self.val is not None:
-            vl, va = model.metrics_on_device(*self.val)
+            measure = model.metrics_on_device if self.val_on_device else model.metrics
+            vl, va = measure(*self.val, self.val_weight)
             history.val_loss.append(vl)
             history.val_accuracy.append(va if self.classify else None)
         be.synchronize()
         history.time.append(time.perf_counter() - t0)
         self._snapshot()
+        for listener in self.listeners:
+            listener.append(history)
         if progress:
             print(history.epoch_line(), file=sys.stderr, flush=True)
         return self._go_on(epoch, on_epoch)

@@ -276,10 +276,13 @@ def activation_backward(delta, a, code):
                 d[j] = o[j] * (d[j] - s)
 
 
-def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, want_loss):
+def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, want_loss, w,
+                 weighted):
     """delta = dLoss/dz of the mean batch loss, and (if ``want_loss``) the summed loss, one pass.
 
-    ce (softmax) and bce (sigmoid): (a - y) / B. mse: (a - y) / B times act'(a).
+    ce (softmax) and bce (sigmoid): (a - y) / B. mse: (a - y) / B times act'(a). With
+    ``weighted``, row i's delta is then multiplied by ``w[i]`` and its loss counts ``w[i]``
+    times (Backend.output_delta's ``weights``; ``w`` is not read otherwise).
     Returns the batch's summed per-sample loss (0 when not wanted), accumulated in float64.
     """
     rows, cols = a.shape
@@ -328,6 +331,11 @@ def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, want_los
             if out_code == SOFTMAX:
                 for j in range(cols):
                     di[j] = ai[j] * (di[j] - s)
+        if weighted:
+            wi = w[i]
+            for j in range(cols):
+                di[j] *= wi
+            part *= wi
         total += part
     return total
 

@@ -196,16 +196,16 @@ def activation_backward(delta, a, code, par, par_min):
 
 # ------------------------------------------------------------------------------ loss, reductions
 def output_delta(a, y, delta, out_code, loss_code, tiny, one_minus_eps, loss_acc, want_loss,
-                 par, par_min):
+                 w, weighted, par, par_min):
     """NumbaBackend.output_delta; ``loss_acc`` (float64, (1,)) is added to only when
-    ``want_loss``."""
+    ``want_loss``, ``w`` (the rows' weights) read only when ``weighted``."""
     t = a.dtype.type
     if par and a.size >= par_min:
         total = _out_delta_p(a, y, delta, out_code, loss_code, t(tiny), t(one_minus_eps),
-                             want_loss)
+                             want_loss, w, weighted)
     else:
         total = _out_delta_s(a, y, delta, out_code, loss_code, t(tiny), t(one_minus_eps),
-                             want_loss)
+                             want_loss, w, weighted)
     if want_loss:
         loss_acc[0] += total
 

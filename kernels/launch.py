@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["FLOATS", "same_floats", "rows_and_vector", "fits_gather", "fits_augmented_gather",
+           "fits_row_weights",
            "fits_dropout_forward", "fits_flat_update", "fits_random_uniform", "fits_rows",
            "fits_blas_call", "numpy_contiguous"]
 
@@ -53,6 +54,13 @@ def rows_and_vector(z, vector) -> bool:
     return (z.ndim == 2 and z.dtype in FLOATS and vector.dtype == z.dtype
             and vector.shape == (z.shape[1],) and z.flags.c_contiguous
             and vector.flags.c_contiguous)
+
+
+def fits_row_weights(weights, a) -> bool:
+    """Per-row weights a kernel can take beside ``a`` (B, n): None, or (B,) of a's dtype,
+    C-contiguous."""
+    return weights is None or (weights.dtype == a.dtype and weights.shape == a.shape[:1]
+                               and weights.flags.c_contiguous)
 
 
 def fits_gather(data, idx, out) -> bool:

@@ -10,7 +10,7 @@ A case is a dict:
 ``name``; ``backend``, ``dtype``, ``sizes``, ``seed`` (ranks other than 0 add ``1000 * rank`` to
 it: rank 0's state must win); ``n``: the first n MNIST training images; ``fit``: keyword
 arguments of fit (a ``checkpoint``/``resume`` path may hold ``{rank}``); ``overlap``, ``timeout``:
-DataParallel's options; ``fault``: ``{"rank", "step", "kind"}`` with kind ``raise`` (RuntimeError),
+DataParallel's options; ``sample_weight_seed``: train with integer sample weights drawn from it; ``fault``: ``{"rank", "step", "kind"}`` with kind ``raise`` (RuntimeError),
 ``kill`` (SIGKILL to itself), ``hang`` (sleeps), ``signal`` (SIGTERM to itself): injected on that
 rank before that training step (counted from 1, across epochs); ``differ``: ``{"rank", "what"}``
 gives that rank other data (``data``), another hidden width (``hidden``), another learning rate
@@ -59,6 +59,11 @@ def inject(net, fault):
     net.train_step = train_step
 
 
+def sample_weights(case):
+    """The case's sample weights (integers 0..3 from its ``sample_weight_seed``)."""
+    return np.random.default_rng(case["sample_weight_seed"]).integers(0, 4, case["n"])
+
+
 def run_case(comm, case, X_all, y_all, out):
     rank = comm.Get_rank()
     differ = case.get("differ") or {}
@@ -77,6 +82,8 @@ def run_case(comm, case, X_all, y_all, out):
             fit[key] = fit[key].format(rank=rank)
     if what == "lr":
         fit["lr"] = fit.get("lr", 0.1) * 2
+    if "sample_weight_seed" in case:
+        fit["sample_weight"] = sample_weights(case)
     backend = "numba" if what == "backend" else case.get("backend", "numpy")
     net = bpgpu.MLP(sizes, dtype=case.get("dtype", "float64"), backend=backend,
                     seed=case.get("seed", 0) + 1000 * rank)

@@ -130,6 +130,9 @@ def _reference(case, mnist_data, **override):
     net = bpgpu.MLP(case["sizes"], dtype=case.get("dtype", "float64"),
                     backend=case.get("backend", "numpy"), seed=case.get("seed", 0))
     fit = dict(case["fit"], **override)
+    if "sample_weight_seed" in case:
+        fit["sample_weight"] = np.random.default_rng(case["sample_weight_seed"]).integers(
+            0, 4, case["n"])
     history = net.fit(X[:case["n"]], y[:case["n"]], **fit)
     return net, history
 
@@ -165,6 +168,13 @@ EQUIVALENCE_CASES = [
           weight_decay=1e-4),
     _case("numba_sgd32", backend="numba", dtype="float32", optimizer="sgd", lr=0.1,
           weight_decay=1e-4),
+    # sample and class weights: a rank's rows carry factors of the global batch's weight sum
+    dict(_case("weighted_momentum64", optimizer="momentum", lr=0.05, dropout=0.2,
+               class_weight="balanced"), sample_weight_seed=11),
+    dict(_case("weighted_tiny64", n=203, batch_size=3, optimizer="adam", lr=0.003),
+         sample_weight_seed=12),
+    dict(_case("weighted_fake_nccl64", optimizer="sgd", lr=0.1, sizes=(784, 24, 16, 10)),
+         sample_weight_seed=13, reducer="fake-nccl", overlap=True),
 ]
 
 

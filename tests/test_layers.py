@@ -6,7 +6,8 @@ inside functions count as much as those at the top of a module:
     foundation   errors, _compat, _version
     kernels      bpgpu.kernels (Numba kernels, CUDA sources, launch conditions, codes)
     backends     bpgpu.backends (how each op runs; the compiled epoch's recorder and generator)
-    model        the network's math: network, workspace, optim, activations, init, streams, augment
+    model        the network's math: network, workspace, optim, activations, init, streams,
+                 augment, weights
     run          training runs and files: train, options, history, signals, checkpoint, io,
                  files, schedules, gradcheck, datasets, distributed
     interfaces   what users call: mlp (the MLP class), cli, sklearn, bench, demos, plots,
@@ -28,10 +29,12 @@ LAYERS = (
     ("kernels", ("bpgpu.kernels",)),
     ("backends", ("bpgpu.backends",)),
     ("model", ("bpgpu.network", "bpgpu.workspace", "bpgpu.optim", "bpgpu.activations",
-               "bpgpu.init", "bpgpu.streams", "bpgpu.augment")),
+               "bpgpu.init", "bpgpu.streams", "bpgpu.augment", "bpgpu.weights",
+               "bpgpu.rows")),
     ("run", ("bpgpu.train", "bpgpu.options", "bpgpu.history", "bpgpu.signals",
              "bpgpu.checkpoint", "bpgpu.checkpoint_schema", "bpgpu.io", "bpgpu.files",
-             "bpgpu.schedules", "bpgpu.gradcheck", "bpgpu.datasets", "bpgpu.distributed")),
+             "bpgpu.schedules", "bpgpu.gradcheck", "bpgpu.datasets", "bpgpu.distributed", "bpgpu.runlog",
+             "bpgpu.tensorboard", "bpgpu.feeder")),
     ("interfaces", ("bpgpu.mlp", "bpgpu.cli", "bpgpu.sklearn", "bpgpu.bench", "bpgpu.demos",
                     "bpgpu.plots", "bpgpu.sysinfo", "bpgpu.warmup", "bpgpu.recipes",
                     "bpgpu.__main__")),

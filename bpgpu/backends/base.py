@@ -203,7 +203,9 @@ class Backend:
         epoch's order (device int64 array, shape (N,)), does what
         ``model.train_step(ws.view(rows), X_dev, T_dev, order[start:start + rows], optimizer,
         **step_options)`` does for every batch of the epoch (the last one holding the
-        remainder), with the same results, and returns True -- or returns False where it cannot
+        remainder), with the same results -- a ``weights`` step option is the epoch's per-row
+        factors (device array (N,), in the order's positions, rewritten in place between epochs)
+        and step ``j`` takes ``weights[start:start + rows]`` --, and returns True -- or returns False where it cannot
         run that epoch, and the caller runs the steps itself. ``should_stop()`` is asked every so
         often (a fraction of a second) during the epoch; when it says True the runner abandons
         the epoch part way and returns None (the caller goes back to its last completed epoch).
@@ -292,11 +294,14 @@ class Backend:
         return delta
 
     # ------------------------------------------------------------------ loss and output delta
-    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
+    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None, weights=None):
         """Gradient of the *mean* batch loss w.r.t. the output layer's pre-activation.
 
         ``softmax``+``ce`` and ``sigmoid``+``bce`` give ``(a - y) / B``; ``mse`` gives
-        ``(a - y) / B`` times the output activation's derivative.
+        ``(a - y) / B`` times the output activation's derivative. With ``weights``, row ``i`` of
+        that is then multiplied by ``weights[i]``: the gradient of ``sum_i weights[i] *
+        loss_i / B`` (the model passes ``weights[i] = s_i * B / sum(s)`` for sample weights
+        ``s``, so the objective is the weighted mean).
 
         Parameters
         ----------
@@ -309,31 +314,40 @@ class Backend:
         output, loss : str
             The output activation and loss (a valid pair, see :mod:`bpgpu.activations`).
         loss_acc : array, shape (1,) float64, optional
-            If given, the *sum* over the batch of the per-sample loss is added to ``loss_acc[0]``.
+            If given, the *sum* over the batch of the per-sample loss (each times its weight,
+            with ``weights``) is added to ``loss_acc[0]``.
+        weights : array, shape (B,), a's dtype, optional
+            Per-row factors of the delta and the loss.
         """
         if loss_acc is not None:
-            self.loss_sum(a, y, loss, loss_acc)
+            self.loss_sum(a, y, loss, loss_acc, weights)
         xp = self.xp
         xp.subtract(a, y, out=delta)
         delta *= 1.0 / a.shape[0]
         if loss == "mse":
             self.activation_backward(delta, a, output)
+        if weights is not None:
+            delta *= weights.reshape(-1, 1)
         return delta
 
-    def loss_sum(self, a, y, loss: str, acc):
+    def loss_sum(self, a, y, loss: str, acc, weights=None):
         """Add the sum over rows of the per-sample loss to ``acc[0]`` (float64, on the device).
 
         ``mse``: ½‖a − y‖²; ``bce``: −Σ[y ln a + (1−y) ln(1−a)]; ``ce``: −Σ y ln a. Logarithms are
         taken of ``a`` clipped to ``[tiny, 1 - eps]`` (bce) or ``[tiny, 1]`` (ce): never log(0).
+        With ``weights``, row ``i``'s loss counts ``weights[i]`` times.
 
         Parameters
         ----------
         a, y : array, shape (B, n_out)
         acc : array, shape (1,), float64
+        weights : array, shape (B,), a's dtype, optional
         """
         xp = self.xp
         tmp = self._scratch("loss_tmp", a.shape, a.dtype)
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
+        if weights is not None:
+            return self._weighted_loss_sum(a, y, loss, acc, weights, tmp)
         # each sum of products is one vdot (BLAS dot), accumulated into the float64 total
         if loss == "mse":
             xp.subtract(a, y, out=tmp)
@@ -352,6 +366,36 @@ class Backend:
             acc -= (xp.vdot(y, tmp) + xp.sum(tmp2)).astype(xp.float64)
         else:
             raise ValueError(f"unknown loss {loss!r}")
+        return acc
+
+    def _weighted_loss_sum(self, a, y, loss, acc, weights, tmp):
+        """:meth:`loss_sum` with per-row weights: each row's loss, then one dot with them."""
+        xp = self.xp
+        rows = self._scratch("loss_rows", (a.shape[0], 1), a.dtype)
+        tiny, one_minus_eps = LOG_CLIP[a.dtype]
+        if loss == "mse":
+            xp.subtract(a, y, out=tmp)
+            xp.multiply(tmp, tmp, out=tmp)
+            tmp *= 0.5
+        elif loss == "ce":
+            xp.maximum(a, tiny, out=tmp)
+            xp.log(tmp, out=tmp)
+            xp.multiply(tmp, y, out=tmp)
+            xp.negative(tmp, out=tmp)
+        elif loss == "bce":
+            tmp2 = self._scratch("loss_tmp2", a.shape, a.dtype)
+            xp.clip(a, tiny, one_minus_eps, out=tmp)
+            xp.subtract(1, tmp, out=tmp2)
+            xp.log(tmp, out=tmp)
+            xp.log(tmp2, out=tmp2)
+            tmp -= tmp2
+            tmp *= y
+            tmp += tmp2
+            xp.negative(tmp, out=tmp)
+        else:
+            raise ValueError(f"unknown loss {loss!r}")
+        self._row_sum(tmp, rows)
+        acc += xp.vdot(weights, rows[:, 0]).astype(xp.float64)
         return acc
 
     def count_correct(self, a, y, acc):

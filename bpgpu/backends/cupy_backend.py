@@ -383,11 +383,11 @@ class CupyBackend(Backend):
                          (delta, a, np.int64(delta.size), np.int32(code)))
         return delta
 
-    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if (loss not in LOSS_CODES or output not in ACT_CODES or not _ok(a, y, delta)
-                or a.ndim != 2 or a.shape[0] == 0 or (loss_acc is not None
-                                                      and not _ok_acc(loss_acc))):
-            return super().output_delta(a, y, delta, output, loss, loss_acc)
+    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None, weights=None):
+        if (weights is not None or loss not in LOSS_CODES or output not in ACT_CODES
+                or not _ok(a, y, delta) or a.ndim != 2 or a.shape[0] == 0
+                or (loss_acc is not None and not _ok_acc(loss_acc))):
+            return super().output_delta(a, y, delta, output, loss, loss_acc, weights)
         t = a.dtype.type
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
         acc = loss_acc if loss_acc is not None else self._scratch("no_loss", (1,), _F64)

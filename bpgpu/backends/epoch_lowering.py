@@ -99,13 +99,14 @@ def _activation_backward(src, a, raw, e):
 def _output_delta(src, a, raw, e):
     output, loss = a[3][1], a[4][1]
     _check(output in ACT_CODES and loss in LOSS_CODES, "output_delta")
-    for out, y, delta, _, _, acc in raw:
-        _check(launch.fits_rows(out, y, delta) and (acc is None or _accumulator(acc)),
-               "output_delta")
+    for out, y, delta, _, _, acc, weights in raw:
+        _check(launch.fits_rows(out, y, delta) and (acc is None or _accumulator(acc))
+               and launch.fits_row_weights(weights, out), "output_delta")
     tiny, one_minus_eps = (src.float_(v) for v in LOG_CLIP[raw[0][0].dtype])
-    want = a[5][0] == "A"
+    want, weighted = a[5][0] == "A", a[6][0] == "A"
     src.emit(f"_e.output_delta({e[0]}, {e[1]}, {e[2]}, {ACT_CODES[output]}, {LOSS_CODES[loss]},"
-             f" {tiny}, {one_minus_eps}, {e[5] if want else 'sink'}, {want}, par, par_min)")
+             f" {tiny}, {one_minus_eps}, {e[5] if want else 'sink'}, {want}, "
+             f"{e[6] if weighted else 'ones'}, {weighted}, par, par_min)")
 
 
 def _column_sums(src, a, raw, e):

@@ -177,13 +177,16 @@ class NumbaBackend(NumpyBackend):
         self._kernel("activation_backward", delta.size)(delta, a, ACT_CODES[activation])
         return delta
 
-    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None):
-        if not launch.fits_rows(a, y, delta) or loss not in LOSS_CODES:
-            return super().output_delta(a, y, delta, output, loss, loss_acc)
+    def output_delta(self, a, y, delta, output: str, loss: str, loss_acc=None, weights=None):
+        if (not launch.fits_rows(a, y, delta) or loss not in LOSS_CODES
+                or not launch.fits_row_weights(weights, a)):
+            return super().output_delta(a, y, delta, output, loss, loss_acc, weights)
         tiny, one_minus_eps = LOG_CLIP[a.dtype]
+        weighted = weights is not None
+        w = weights if weighted else self._scratch("no_weights", (1,), a.dtype)
         total = self._kernel("output_delta", a.size)(
             a, y, delta, ACT_CODES[output], LOSS_CODES[loss], tiny, one_minus_eps,
-            loss_acc is not None)
+            loss_acc is not None, w, weighted)
         if loss_acc is not None:
             loss_acc += total
         return delta

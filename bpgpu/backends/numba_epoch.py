@@ -187,8 +187,9 @@ class CompiledEpoch:
                              np.ones(self.batch, dtype), np.zeros(6, np.uint64),
                              np.zeros(1, np.float64))
         buffers = plan["buffers"]
-        roots = [order if name == "order" else arr for name, arr in zip(buffers.names,
-                                                                        buffers.arrays)]
+        actual = {"order": order, "weights": self.options.get("weights")}
+        roots = [actual.get(name, arr) if name in actual else arr
+                 for name, arr in zip(buffers.names, buffers.arrays)]
         fixed = [roots[b].reshape(-1)[off:off + int(np.prod(shape))].reshape(shape)
                  for b, off, shape in plan["fixed"]]
         n_batches = -(-self.n // self.batch)

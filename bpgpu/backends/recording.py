@@ -191,7 +191,9 @@ class Recording:
 def record(model, optimizer, ws, X_dev, T_dev, options, rows_list) -> Recording:
     """Run ``model.train_step(ws.view(rows), X_dev, T_dev, order[...], optimizer, **options)``
     once per entry of ``rows_list`` with a :class:`Recorder` for the backend, from the current
-    state (the model's and optimizer's counters come back as they were).
+    state (the model's and optimizer's counters come back as they were). An epoch-long
+    ``options["weights"]`` (per-row factors in the order's positions) is sliced per step as the
+    order is, and recorded as the buffer named ``"weights"``.
 
     Raises
     ------
@@ -202,10 +204,15 @@ def record(model, optimizer, ws, X_dev, T_dev, options, rows_list) -> Recording:
     """
     b = ws.rows
     order = np.zeros(len(rows_list) * b, np.int64)       # stands for the epoch's order
+    options = dict(options)
+    weights = options.pop("weights", None)               # the epoch's per-row factors
     named = [("params", model.params), ("grads", model.grads)]
     named += [(f"opt.{name}", getattr(optimizer, name)) for name in optimizer.buffers]
     named += [(f"ws.{name}", arr) for name, arr in ws.named_arrays()]
     named += [("X", X_dev), ("T", T_dev), ("order", order)]
+    if weights is not None:                              # stands for them, like the order
+        weights = np.zeros(len(rows_list) * b, weights.dtype)
+        named.append(("weights", weights))
     if isinstance(options.get("metrics"), np.ndarray):
         named.append(("metrics", options["metrics"]))
     buffers = Buffers(named)
@@ -219,8 +226,10 @@ def record(model, optimizer, ws, X_dev, T_dev, options, rows_list) -> Recording:
         with model.redirected(recorder), optimizer.redirected(recorder):
             for j, rows in enumerate(rows_list):
                 recorder.ops = []
+                per_step = ({} if weights is None
+                            else {"weights": weights[j * b:j * b + rows]})
                 model.train_step(ws.view(rows), X_dev, T_dev, order[j * b:j * b + rows],
-                                 optimizer, **options)
+                                 optimizer, **options, **per_step)
                 traces.append(recorder.ops)
                 states.append([obj.counters() for obj in watched])
     except Unsupported:

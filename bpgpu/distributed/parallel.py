@@ -35,10 +35,10 @@ class DataParallel(Communicator):
         """``comm`` itself when it is a DataParallel, else ``DataParallel(comm)``."""
         return comm if isinstance(comm, cls) else cls(comm)
 
-    def start(self, model, X, y, validation_data, options):
+    def start(self, model, X, y, validation_data, options, sample_weight=None):
         """The start of ``fit`` on this rank (:func:`bpgpu.distributed.startup.start`): the
         checkpoint to resume (read by rank 0, sent to every rank) or None."""
-        return start(self, model, X, y, validation_data, options)
+        return start(self, model, X, y, validation_data, options, sample_weight)
 
     def make_run(self, model, plan):
         """This rank's :class:`DistributedRun` of ``fit``'s :class:`~bpgpu.train.Plan`."""

@@ -49,21 +49,28 @@ class DistributedRun(Run):
         """Signals only ask to stop; the ranks agree after the same step."""
         return _CollectiveGuard()
 
+    def make_listeners(self) -> list:
+        """Rank 0 alone writes the per-epoch log and TensorBoard's files."""
+        return super().make_listeners() if self.par.lead else []
+
     # ------------------------------------------------------------------ the epoch
     def run_epoch(self, order, bar=None):
         """This rank's share of every step of one epoch; stops after the step at which any rank
         asked to."""
         model, ws, reducer = self.model, self.ws, self.reducer
-        X_dev, T_dev, opt = self.X_dev, self.T_dev, self.opt
+        opt = self.opt
         metrics = self.metrics if self.train_metrics else None
         guard, count_correct = self.interrupt, self.count_correct
         layer_hook = reducer.layer_ready if self.par.overlap else None
         last = len(self.shares) - 1
-        for i, (lo, hi, offset, scale) in enumerate(self.shares):
+        factors = self.factors
+        inputs = self.steps(order, [(lo, hi) for lo, hi, _, _ in self.shares])
+        for i, ((lo, hi, offset, scale), (X, T, rows)) in enumerate(zip(self.shares, inputs)):
             reducer.begin(guard.local is not None)
-            model.train_step(ws.view(hi - lo), X_dev, T_dev, order[lo:hi], opt, metrics=metrics,
+            model.train_step(ws.view(hi - lo), X, T, rows, opt, metrics=metrics,
                              count_correct=count_correct, gradient_hook=reducer.finish,
-                             row_offset=offset, grad_scale=scale, layer_hook=layer_hook)
+                             row_offset=offset, grad_scale=scale, layer_hook=layer_hook,
+                             weights=None if factors is None else factors[lo:hi])
             if i < last and reducer.stop_requested():   # after the last step: _end_epoch agrees
                 self._stop_together()
             if bar is not None:

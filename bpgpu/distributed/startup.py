@@ -18,11 +18,12 @@ from .comm import DistributedError
 __all__ = ["start", "use_local_gpu"]
 
 
-def _identity(model, X, y, validation_data, options):
+def _identity(model, X, y, validation_data, options, sample_weight=None):
     """What must be the same on every rank: the network, backend, options and data digests."""
     network = {k: v for k, v in model.config().items() if k != "seed"}  # rank 0's seed wins
     return {"network": plain(network), "backend": model.backend.name,
-            "options": options.agreement(), "data": data_fingerprints(X, y, validation_data)}
+            "options": options.agreement(),
+            "data": data_fingerprints(X, y, validation_data, sample_weight)}
 
 
 def _differences(everyone):
@@ -45,7 +46,7 @@ def _differences(everyone):
     return "; ".join(parts)
 
 
-def start(par, model, X, y, validation_data, options):
+def start(par, model, X, y, validation_data, options, sample_weight=None):
     """The start of a data-parallel ``fit`` on the rank of ``par`` (a
     :class:`~bpgpu.distributed.comm.Communicator`): check, then give every rank rank 0's state.
 
@@ -59,7 +60,7 @@ def start(par, model, X, y, validation_data, options):
     bpgpu.checkpoint.Checkpoint or None
     """
     par.started = True
-    everyone = par.allgather(_identity(model, X, y, validation_data, options),
+    everyone = par.allgather(_identity(model, X, y, validation_data, options, sample_weight),
                              "the start-up check")
     failed = [(rank, who[1]) for rank, who in enumerate(everyone) if isinstance(who, tuple)]
     if failed:          # ranks that stopped before fit (see run_command) sent their error here
