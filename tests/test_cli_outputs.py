@@ -6,6 +6,7 @@ user's paths."""
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -51,16 +52,30 @@ def no_temp_files(*directories):
 
 
 # ------------------------------------------------------------------ item 1: not a regular file
+def char_device(tmp_path):
+    """A character device to refuse: a null device made in ``tmp_path`` (root), else /dev/null
+    (a regression then replaces only the private node, never the system's)."""
+    node = tmp_path / "null"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        return str(node)
+    except (PermissionError, AttributeError):
+        if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+            pytest.skip("no character device to test with (not root, /dev/null replaced)")
+        return "/dev/null"
+
+
 def test_save_refuses_a_device_and_a_directory(tmp_path):
-    res = run(*FAST, "--save", "/dev/null")
-    one_line_error(res, "--save /dev/null", "character device")
+    device = char_device(tmp_path)
+    res = run(*FAST, "--save", device)
+    one_line_error(res, f"--save {device}", "character device")
     before_training(res)
-    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert stat.S_ISCHR(os.stat(device).st_mode)
     os.mkfifo(tmp_path / "fifo.npz")
     one_line_error(run(*FAST, "--save", tmp_path / "fifo.npz"), "FIFO")
     one_line_error(run(*FAST, "--json", tmp_path), "is a directory")
-    (tmp_path / "link.npz").symlink_to("/dev/null")
-    one_line_error(run(*FAST, "--checkpoint", tmp_path / "link.npz"), "a link to /dev/null")
+    (tmp_path / "link.npz").symlink_to(device)
+    one_line_error(run(*FAST, "--checkpoint", tmp_path / "link.npz"), f"a link to {device}")
 
 
 def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
@@ -81,8 +96,9 @@ def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
 def test_the_api_refuses_what_is_not_a_regular_file(tmp_path):
     from bpgpu.files import WriteError
     net = bpgpu.MLP([2, 3, 2])
-    with pytest.raises(WriteError, match="cannot write /dev/null: .*character device"):
-        net.save("/dev/null")
+    device = char_device(tmp_path)
+    with pytest.raises(WriteError, match=f"cannot write {device}: .*character device"):
+        net.save(device)
     with pytest.raises(WriteError, match="empty file name"):
         net.save("")
     with pytest.raises(WriteError, match="is a directory"):
