@@ -115,6 +115,8 @@ def test_the_api_refuses_what_is_not_a_regular_file(tmp_path):
                                                        "q-confusion.png is the same file"),
     (["--save", "ab.npz", "--checkpoint", "./sub/../ab.npz"], "same file"),
     (["--save", "a.npz", "--json", "link.json"], "same file"),          # a symlink to a.npz
+    (["--save", "l.npz", "--log", "l.npz"], "--log l.npz is the same file as --save l.npz"),
+    (["--json", "r.jsonl", "--log", "r.jsonl"], "--log r.jsonl is the same file as --json"),
 ])
 def test_outputs_that_would_overwrite_each_other_are_refused(tmp_path, args, fragment):
     (tmp_path / "sub").mkdir()
@@ -153,7 +155,8 @@ def test_the_checkpoint_being_resumed_and_the_data_are_not_overwritten(tmp_path)
 # ------------------------------------------------------------------ item 3: probed directories
 @pytest.mark.parametrize("flag,path", [("--save", "/proc/m.npz"), ("--save", "/sys/m.npz"),
                                        ("--json", "/proc/x.json"), ("--plot", "/proc/x.png"),
-                                       ("--checkpoint", "/proc/c.npz")])
+                                       ("--checkpoint", "/proc/c.npz"),
+                                       ("--log", "/proc/l.jsonl")])
 def test_outputs_in_a_place_where_nothing_can_be_created(flag, path):
     if not os.path.isdir(os.path.dirname(path)):
         pytest.skip(f"{os.path.dirname(path)} does not exist here")

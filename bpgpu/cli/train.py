@@ -226,7 +226,8 @@ def _check_outputs(args, data):
     its own file (see the module docstring)."""
     import os
     from ..datasets.named import dataset_reference
-    outputs = [("--save", args.save), ("--checkpoint", args.checkpoint), ("--json", args.json)]
+    outputs = [("--save", args.save), ("--checkpoint", args.checkpoint), ("--json", args.json),
+               ("--log", args.log)]
     if args.plot is not None:
         outputs += plot_files(args.plot, data)
     for what, path in outputs:
