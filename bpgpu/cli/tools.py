@@ -97,7 +97,7 @@ def cmd_evaluate(args):
 def cmd_gradcheck(args):
     from ..datasets import load_dataset
     from ..gradcheck import gradcheck_layers
-    data = load_dataset(args.dataset, target=args.target, seed=args.seed)
+    data = load_dataset(args.dataset, target=args.target, seed=args.seed, labels=args.labels)
     net = network_for(args, data, dtype="float64")           # the network train would build
     X, y = data.X_train[:args.batch], data.y_train[:args.batch]
     rows = gradcheck_layers(net, X, y, eps=args.eps, max_per_layer=args.per_layer)

@@ -34,7 +34,8 @@ MODEL_DEFAULTS = dict(hidden="256", activation="relu", output="softmax", loss="c
 
 #: The model's and dataset's options of ``bpgpu train`` (their argparse names; the flags are
 #: :func:`add_model_args`): a checkpoint keeps them for ``--resume``.
-MODEL_ARGS = ("hidden", "activation", "output", "loss", "init", "seed", "dataset", "target")
+MODEL_ARGS = ("hidden", "activation", "output", "loss", "init", "seed", "dataset", "target",
+              "labels")
 
 #: `bpgpu train` options a checkpoint keeps, so that `--resume PATH` alone continues the run
 #: (the output paths, the backend and --quiet may change between the two runs): the model's and
@@ -56,6 +57,9 @@ def add_model_args(p, defaults, names):
     p.add_argument("--dataset", default="mnist",
                    help="mnist, fashion-mnist, xor, moons, an IDX directory or a CSV file")
     p.add_argument("--target", default=None, help="target column of a CSV dataset (default: last)")
+    p.add_argument("--labels", default=None, metavar="FILE.npy",
+                   help="with --dataset FILE.npy: the labels (integer classes, or float targets "
+                        "to regress); the inputs are memory-mapped, so they may exceed memory")
 
 
 #: argparse type of each option kind of bpgpu.options
@@ -183,9 +187,10 @@ def _apply_resume(args):
         if name in RESUMED_OPTIONS and name not in given:
             _check_saved_option(parser, name, value, args.resume)
             setattr(args, name, value)
-    if "dataset" not in given:        # a relative path of an older checkpoint: beside it
-        from ..datasets.named import find_dataset
-        args.dataset = find_dataset(args.dataset, beside=args.resume)
+    from ..datasets.named import find_dataset
+    for name in ("dataset", "labels"):   # a relative path of an older checkpoint: beside it
+        if name not in given and getattr(args, name, None) is not None:
+            setattr(args, name, find_dataset(getattr(args, name), beside=args.resume))
     if args.checkpoint is None:
         args.checkpoint = args.resume
 
@@ -196,7 +201,7 @@ def _prepare(args):
     from ..augment import make_augment
     from ..options import FitOptions
     from ..schedules import make_schedule
-    for name in ("resume", "dataset", "target"):
+    for name in ("resume", "dataset", "target", "labels"):
         if getattr(args, name) == "":
             raise UsageError(f"--{name} '': an empty name")
     if args.recipe:
@@ -233,8 +238,9 @@ def _check_outputs(args, data):
     for what, path in outputs:
         writable(path, what)
     inputs = [("--resume", args.resume, ("--checkpoint",))]
-    if os.path.isfile(dataset_reference(args.dataset)):
-        inputs.append(("--dataset", args.dataset, ()))
+    for what, path in (("--dataset", args.dataset), ("--labels", args.labels)):
+        if path is not None and os.path.isfile(dataset_reference(path)):
+            inputs.append((what, path, ()))
     distinct_outputs(outputs, inputs)
     if args.plot is not None:
         need_matplotlib("--plot")
@@ -261,7 +267,8 @@ def _train_options(args) -> dict:
     """What the checkpoint keeps of the command line (the dataset found from anywhere)."""
     from ..datasets.named import dataset_reference
     return dict({k: getattr(args, k) for k in RESUMED_OPTIONS},
-                dataset=dataset_reference(args.dataset))
+                dataset=dataset_reference(args.dataset),
+                labels=None if args.labels is None else dataset_reference(args.labels))
 
 
 class _Outputs:
@@ -283,7 +290,7 @@ def cmd_train(args):
     from ..datasets import load_dataset
     from ..signals import InterruptGuard, TrainingInterrupted
     _prepare(args)
-    data = load_dataset(args.dataset, target=args.target, seed=args.seed)
+    data = load_dataset(args.dataset, target=args.target, seed=args.seed, labels=args.labels)
     _check_outputs(args, data)
     net = network_for(args, data)
     why = auto_reason()[1] if args.backend == "auto" else net.backend.describe()

@@ -1,5 +1,6 @@
 """One entry point for the datasets the CLI and benchmarks name: ``mnist``, ``fashion-mnist``,
-``xor``, ``moons``, an IDX directory, or a CSV file."""
+``xor``, ``moons``, an IDX directory, a CSV file, or an ``.npy`` array of inputs with an ``.npy``
+array of labels (memory-mapped: larger than memory, it trains through the out-of-core feeder)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .mnist import fashion_mnist, load_idx_dir, mnist
 from .tabular import load_csv
 from .toy import moons, xor
 
-__all__ = ["Dataset", "load_dataset", "dataset_reference", "find_dataset", "NAMES"]
+__all__ = ["Dataset", "load_dataset", "load_arrays", "dataset_reference", "find_dataset",
+           "NAMES"]
 
 NAMES = ("mnist", "fashion-mnist", "xor", "moons")
 #: other spellings of the built-in names
@@ -86,8 +88,9 @@ def _check_consistent(data: Dataset) -> Dataset:
     return data
 
 
-def load_dataset(name, target=None, seed=0) -> Dataset:
-    """Load a dataset by name, IDX directory, or CSV path (``target`` names the CSV's column).
+def load_dataset(name, target=None, seed=0, labels=None) -> Dataset:
+    """Load a dataset by name, IDX directory, or CSV path (``target`` names the CSV's column),
+    or the ``.npy`` inputs ``name`` with the ``.npy`` labels ``labels`` (:func:`load_arrays`).
 
     Raises
     ------
@@ -95,7 +98,60 @@ def load_dataset(name, target=None, seed=0) -> Dataset:
         An unknown name, an unreadable file, or data that could be trained on but not
         evaluated (an empty split, test rows of another shape, fewer than 2 classes).
     """
+    if labels is not None:
+        return _check_consistent(load_arrays(name, labels, seed))
+    if str(name).lower().endswith(".npy"):
+        raise DataError(f"{name}: an .npy array of inputs needs its labels (--labels FILE.npy)")
     return _check_consistent(_load(name, target, seed))
+
+
+def _open_npy(path, what, mmap_mode):
+    try:
+        return np.load(os.fspath(path), mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path}: no such file") from None
+    except (ValueError, OSError, EOFError) as exc:      # not .npy, pickled objects, truncated
+        raise DataError(f"{what} {path}: not a readable .npy array ({exc})") from None
+
+
+def load_arrays(inputs, labels, seed=0, test_fraction=0.2) -> Dataset:
+    """The dataset of the ``.npy`` arrays ``inputs`` (N, ...) -- memory-mapped read-only, never
+    read whole -- and ``labels`` (N,) (integer class labels: classification; floating-point
+    targets (N,) or (N, k): regression), split into training and ``test_fraction`` test rows by
+    a permutation drawn from ``seed`` (the rows are :class:`~bpgpu.rows.RowView` s).
+
+    Raises
+    ------
+    DataError
+        A file that is not an .npy array; inputs that are not numbers or have no features;
+        labels of another length than the inputs, not numbers, or negative class labels.
+    """
+    from ..rows import RowView
+    X = _open_npy(inputs, "--dataset", "r")
+    y = np.asarray(_open_npy(labels, "--labels", None))
+    if X.ndim < 2 or X.dtype.kind not in "uif" or 0 in X.shape[1:]:
+        raise DataError(f"{inputs}: inputs must be a numeric array (N, features...), got "
+                        f"{X.shape} {X.dtype}")
+    if y.ndim not in (1, 2) or len(y) != len(X):
+        raise DataError(f"{labels}: {len(y) if y.ndim else 0} labels of shape {y.shape} for "
+                        f"the {len(X)} rows of {inputs}: one label per row")
+    if y.dtype.kind in "ui" and y.ndim == 1:
+        if y.size and y.min() < 0:
+            raise DataError(f"{labels}: class labels must be integers >= 0, found {y.min()}")
+        task, n_outputs, y = "classification", int(y.max()) + 1 if y.size else 0, y.astype(
+            np.int64)
+    elif y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{labels}: targets must be finite numbers")
+        task, n_outputs = "regression", 1 if y.ndim == 1 else y.shape[1]
+    else:
+        raise DataError(f"{labels}: labels must be integer classes (N,) or floating-point "
+                        f"targets, got {y.shape} {y.dtype}")
+    order = np.random.default_rng(seed).permutation(len(X))
+    n_test = int(round(len(X) * test_fraction))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return Dataset(os.path.basename(os.fspath(inputs)), RowView(X, train), y[train],
+                   RowView(X, test), y[test], n_outputs, task)
 
 
 def _load(name, target, seed) -> Dataset:
