@@ -100,3 +100,52 @@ def test_bad_inputs_are_data_errors(arrays):
               d / "y.npy")
     assert res.returncode == 2 and "would overwrite --labels" in res.stderr, res.stderr
     np.testing.assert_array_equal(np.load(d / "y.npy"), y)
+
+
+# ------------------------------------------------------------------ uncompressed IDX directories
+def _idx_dir(d, gz):
+    from bpgpu.datasets import write_idx
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    ext = ".gz" if gz else ""
+    arrays = {}
+    for split, n in (("train", 60), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 5, 5), dtype=np.uint8)
+        labels = np.arange(n) % 3
+        write_idx(d / f"{split}-images-idx3-ubyte{ext}", images)
+        write_idx(d / f"{split}-labels-idx1-ubyte{ext}", labels.astype(np.uint8))
+        arrays[split] = images.reshape(n, -1), labels
+    return arrays
+
+
+def test_an_uncompressed_idx_directory_is_memory_mapped(tmp_path):
+    from bpgpu.datasets import load_idx_dir
+    want = _idx_dir(tmp_path / "raw", gz=False)
+    (X, y), (Xt, yt) = load_idx_dir(tmp_path / "raw")
+    assert isinstance(X, np.memmap) and isinstance(Xt, np.memmap) and not in_memory(X)
+    np.testing.assert_array_equal(X, want["train"][0])
+    np.testing.assert_array_equal(Xt, want["t10k"][0])
+    np.testing.assert_array_equal(y, want["train"][1])
+    _idx_dir(tmp_path / "gz", gz=True)
+    (X, _), _ = load_idx_dir(tmp_path / "gz")
+    assert in_memory(X)                                   # gzip: decompressed into memory
+    res = run("train", "--dataset", tmp_path / "raw", "--hidden", "4", "--epochs", "1",
+              "--backend", "numpy", "--quiet")
+    assert res.returncode == 0 and "60 train, 20 test" in res.stderr, res.stderr
+
+
+def test_a_mapped_idx_file_is_checked_like_a_read_one(tmp_path):
+    from bpgpu.datasets import load_idx_dir
+    _idx_dir(tmp_path / "raw", gz=False)
+    images = tmp_path / "raw" / "train-images-idx3-ubyte"
+    (tmp_path / "raw" / "SHA256SUMS").write_text("0" * 64 + "  train-images-idx3-ubyte\n")
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_idx_dir(tmp_path / "raw")
+    (tmp_path / "raw" / "SHA256SUMS").unlink()
+    with open(images, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(DataError, match="unexpected bytes"):
+        load_idx_dir(tmp_path / "raw")
+    images.write_bytes(images.read_bytes()[:-30])
+    with pytest.raises(DataError, match="truncated"):
+        load_idx_dir(tmp_path / "raw")
