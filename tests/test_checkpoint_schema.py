@@ -301,3 +301,19 @@ def test_resuming_after_early_stopping_is_the_run_that_never_stopped(tmp_path):
     for a, b in zip(whole.get_params()[0], resumed.get_params()[0]):
         np.testing.assert_array_equal(a, b)
     assert os.path.exists(tmp_path / "c.npz")
+
+
+def test_on_the_command_line_checkpoint_and_save_evaluate_alike_after_early_stopping(tmp_path):
+    def bpgpu_cli(*args):
+        res = subprocess.run([sys.executable, "-m", "bpgpu", *map(str, args)],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res
+    bpgpu_cli("train", "--dataset", "moons", "--hidden", "8", "--early-stopping", "1",
+              "--validation-split", "0.25", "--epochs", "12", "--lr", "0.3", "--batch-size",
+              "20", "--backend", "numpy", "--quiet", "--checkpoint", "c.npz", "--save", "m.npz")
+    state = read_checkpoint(tmp_path / "c.npz")
+    assert state.state["history"]["best_epoch"] < state.epoch      # it stopped after the best
+    lines = [bpgpu_cli("evaluate", name, "--dataset", "moons", "--backend", "numpy").stdout
+             for name in ("c.npz", "m.npz")]
+    assert lines[0].split(":", 1)[1] == lines[1].split(":", 1)[1], lines
