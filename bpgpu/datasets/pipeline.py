@@ -359,7 +359,7 @@ def source_record(name, kind, fingerprint, split=None) -> dict:
     name : str
         ``mnist``, ``fashion-mnist``, ``xor``, ``moons``, or the absolute path of an IDX
         directory or a CSV file (what ``--dataset`` takes).
-    kind : {"builtin", "idx", "csv"}
+    kind : {"builtin", "idx", "csv", "npy"}
     fingerprint : str
         A digest of the data (the test split's arrays; a CSV file's bytes): another dataset
         under the same name, or the same under another, is told by it.
