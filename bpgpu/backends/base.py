@@ -23,6 +23,7 @@ __all__ = ["Backend", "OPS"]
 #: Names of the ops every backend provides, with the base class's signature (checked by a test).
 OPS = (
     "empty", "zeros", "asarray", "to_host", "upload", "copy", "synchronize",
+    "staging_buffer", "upload_async", "mark", "wait_host",
     "gemm", "bias_activation", "activation_backward", "output_delta", "column_sums",
     "loss_sum", "count_correct", "all_finite", "gather_rows",
     "random_uniform", "dropout_forward", "dropout_backward",
