@@ -58,6 +58,9 @@ def class_weights(class_weight, y, n_outputs) -> np.ndarray | None:
     if class_weight is None:
         return None
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1 and int(n_outputs) > 1 and y.dtype.kind == "f":
+        raise ConfigError("class_weight is for single-label classification; weight the rows "
+                          "of multi-label (or one-hot) targets with sample_weight")
     if y.ndim != 1 or y.dtype.kind not in "iub":
         raise ConfigError("class_weight needs integer class labels y of shape (N,), got "
                           f"{y.shape} of {y.dtype}")

@@ -349,6 +349,10 @@ def test_multilabel_csv_on_the_command_line(tmp_path):
     assert "every label right, hamming loss" in res.stderr
     res = bpgpu_cli("predict", str(model), str(path), "--top", "1")
     assert res.returncode == 2 and "independent" in res.stderr
+    res = bpgpu_cli("train", "--dataset", str(path), "--target", "a,b", "--epochs", "1",
+                    "--backend", "numpy", "--class-weight", "balanced")
+    assert res.returncode == 2 and "weight the rows" in res.stderr and "Traceback" not in \
+        res.stderr
 
 
 # ------------------------------------------------------------------ bpgpu predict on images
