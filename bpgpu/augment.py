@@ -44,8 +44,8 @@ import numpy as np
 from .errors import ConfigError
 from .streams import AUGMENT_STREAM, FIELD, PARAMS, augment_counter, stream_key
 
-__all__ = ["Augment", "make_augment", "preview", "augment_counter", "AUGMENT_STREAM", "PARAMS", "FIELD",
-           "UNIFORMS_PER_IMAGE"]
+__all__ = ["Augment", "make_augment", "resolve_augment", "preview", "augment_counter",
+           "AUGMENT_STREAM", "PARAMS", "FIELD", "UNIFORMS_PER_IMAGE"]
 
 #: Uniform numbers per image in the parameter stream: one Philox block (6 used, 2 reserved).
 UNIFORMS_PER_IMAGE = 8
@@ -200,11 +200,17 @@ class Augment:
         Raises
         ------
         ConfigError
-            When the shape does not give ``n_inputs`` pixels, or cannot be inferred.
+            When the shape does not give ``n_inputs`` pixels, differs from a 3-D ``X``'s, or
+            cannot be inferred; when the shift would move an image entirely out of its frame.
         """
         shape = self.shape
-        if shape is None and image_shape is not None and len(image_shape) == 2:
-            shape = tuple(int(v) for v in image_shape)
+        data_shape = (tuple(int(v) for v in image_shape)
+                      if image_shape is not None and len(image_shape) == 2 else None)
+        if shape is not None and data_shape is not None and shape != data_shape:
+            raise ConfigError(f"augment: shape {shape[0]}x{shape[1]} does not match the images "
+                              f"of X, {data_shape[0]}x{data_shape[1]}")
+        if shape is None:
+            shape = data_shape
         if shape is None:
             side = math.isqrt(int(n_inputs))
             if side * side != n_inputs:
@@ -214,6 +220,10 @@ class Augment:
         if shape[0] * shape[1] != n_inputs:
             raise ConfigError(f"augment: shape {shape[0]}x{shape[1]} is {shape[0] * shape[1]} "
                               f"pixels, but the inputs have {n_inputs} values")
+        if self.shift >= min(shape):
+            raise ConfigError(f"augment: shift={self.shift} would move {shape[0]}x{shape[1]} "
+                              f"images entirely out of their frame (at most shift="
+                              f"{min(shape) - 1})")
         return replace(self, shape=shape)
 
     # ------------------------------------------------------------------ the gather
@@ -269,15 +279,14 @@ def preview(X, augment, *, step=0, seed=0, backend="numpy", input_scale=1.0 / 25
     """
     from .backends import get_backend
     X = np.asarray(X)
-    aug = make_augment(augment)
     n = X.shape[0]
     flat = X.reshape(n, -1)
+    aug = resolve_augment(augment, flat.shape[1], X.shape[1:] if X.ndim == 3 else None)
     be = get_backend(backend)
     out = be.empty((n, flat.shape[1]), np.float32)
     if aug is None:
         be.gather_rows(be.asarray(flat), be.asarray(np.arange(n)), out, input_scale)
         return be.to_host(out)
-    aug = aug.resolved(flat.shape[1], X.shape[1:] if X.ndim == 3 else None)
     ws = SimpleNamespace(a=[out], **aug.buffers(be, n, np.float32))   # what gather() uses
     aug.gather(be, ws, be.asarray(flat), be.asarray(np.arange(n)), stream_key(seed), step, 0,
                input_scale, 0.0)
@@ -287,6 +296,23 @@ def preview(X, augment, *, step=0, seed=0, backend="numpy", input_scale=1.0 / 25
 def make_augment(augment) -> Augment | None:
     """An :class:`Augment` from a spec string, a dict of its fields, an Augment, or None/"none"
     (None when nothing would change)."""
+    aug = _parse(augment)
+    return None if aug is None or aug.identity else aug
+
+
+def resolve_augment(augment, n_inputs: int, image_shape=None) -> Augment | None:
+    """The augmentation of a run on inputs of ``n_inputs`` values (:meth:`Augment.resolved`),
+    or None when nothing would change -- a ``shape`` given with no transform is checked against
+    the data all the same, so a wrong one is never accepted silently."""
+    aug = _parse(augment)
+    if aug is None or (aug.identity and aug.shape is None):
+        return None
+    aug = aug.resolved(n_inputs, image_shape)
+    return None if aug.identity else aug
+
+
+def _parse(augment) -> Augment | None:
+    """An :class:`Augment` (identity included) from what :func:`make_augment` takes."""
     if augment is None or augment is False:
         return None
     if isinstance(augment, Augment):
@@ -303,4 +329,4 @@ def make_augment(augment) -> Augment | None:
     else:
         raise ConfigError(f"augment must be a spec string, a dict or an Augment, got "
                           f"{type(augment).__name__}")
-    return None if aug.identity else aug
+    return aug

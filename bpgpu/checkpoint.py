@@ -10,11 +10,21 @@ the optimizer's step count, the options a resume must match (:meth:`bpgpu.option
 and fingerprints of the data. Everything is host data, so a checkpoint written on one backend
 resumes on any other; resuming on the same backend is bit-identical to never having stopped.
 
+The model a checkpoint holds (what ``bpgpu.load`` and ``bpgpu evaluate`` read) is the model
+``fit`` would return if training ended there: with early stopping, the best epoch's parameters,
+as ``--save`` writes them. The last epoch's parameters, where a resumed run continues from, are
+then the array ``train_params``.
+
+Reading checks the whole section (:mod:`bpgpu.checkpoint_schema`): a checkpoint edited by hand is
+a :class:`~bpgpu.errors.ModelFileError` naming the field, never a failure later in the resume.
+
 Files are written atomically (:func:`bpgpu.files.atomic_write`): a crash, ``kill -9`` or a full disk
 leaves the previous checkpoint intact.
 
-Versions: 2 records the options as :class:`~bpgpu.options.FitOptions` names them; version 1 (its
-``optimizer`` a dict of hyperparameters, ``patience`` and ``validation``) is read and translated.
+Versions: 3 holds the best epoch's parameters as the model (``train_params`` the last epoch's);
+2 held the last epoch's as the model and the best as ``best_params``; both record the options as
+:class:`~bpgpu.options.FitOptions` names them; version 1 (its ``optimizer`` a dict of
+hyperparameters, ``patience`` and ``validation``) is read and translated.
 """
 
 from __future__ import annotations
@@ -24,15 +34,16 @@ import os
 
 import numpy as np
 
+from .checkpoint_schema import validate
 from .errors import ConfigError, DataError, ModelFileError
-from .io import read_archive, save
+from .io import model_from_archive, read_archive, save
 from .rows import in_memory, read_rows
 
-__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "write_checkpoint", "read_checkpoint",
-           "fingerprint", "data_fingerprints"]
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "CheckpointNotWritten", "write_checkpoint",
+           "read_checkpoint", "fingerprint", "data_fingerprints"]
 
 #: Version of the ``"checkpoint"`` section this bpgpu writes (it reads this one and older).
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 _OPTIMIZER_PREFIX = "optimizer_"
 _DATA_KEYS = ("train_X", "train_y", "train_w", "validation_X", "validation_y", "validation_w")
 
@@ -85,6 +96,50 @@ def _options_from_v1(saved: dict) -> dict:
     return out
 
 
+class CheckpointNotWritten(OSError):
+    """Training stopped because its checkpoint could not be written (a full disk, a lost
+    mount): raised by ``fit`` after the epoch whose checkpoint failed. The model is left as
+    ``fit`` would have returned it after that epoch (nothing is lost: save it), the previous
+    checkpoint file is intact.
+
+    Attributes
+    ----------
+    filename : str
+        The checkpoint.
+    errno, strerror
+        Why the write failed (``errno.ENOSPC``: the disk is full).
+    epoch : int
+        The completed epochs the model holds.
+    history : History
+        Those epochs.
+    """
+
+    def __init__(self, error: OSError, path, epoch, history):
+        super().__init__(error.errno, error.strerror or str(error), os.fspath(path))
+        self.epoch, self.history = epoch, history
+
+    def __str__(self):
+        return (f"checkpoint {self.filename} not written after epoch {self.epoch} "
+                f"({self.strerror}): training stopped there")
+
+
+def _flat(weights, biases):
+    """The flat parameter layout (every weight, then every bias) of per-layer arrays."""
+    return np.concatenate([np.ravel(w) for w in weights] + [np.ravel(b) for b in biases])
+
+
+def _layers(flat, sizes):
+    """Per-layer ``(weights, biases)`` of a flat parameter array (the inverse of _flat)."""
+    weights, biases, at = [], [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weights.append(flat[at:at + n_in * n_out].reshape(n_in, n_out))
+        at += n_in * n_out
+    for n_out in sizes[1:]:
+        biases.append(flat[at:at + n_out])
+        at += n_out
+    return weights, biases
+
+
 class Checkpoint:
     """What :func:`read_checkpoint` returns.
 
@@ -116,10 +171,28 @@ class Checkpoint:
         """The generator's state before the validation split, or None."""
         return self.state.get("split_rng_state")
 
-    def parameters(self, n_layers):
-        """``(weights, biases)``: the model's arrays, as :meth:`Network.set_params` takes them."""
+    def _model_arrays(self):
+        n_layers = len(self.meta["config"]["sizes"]) - 1
         return ([self.arrays[f"W{i}"] for i in range(n_layers)],
                 [self.arrays[f"b{i}"] for i in range(n_layers)])
+
+    @property
+    def _best_is_the_model(self) -> bool:
+        """Version 3 with early stopping: the file's model is the best epoch's."""
+        return self.state["version"] >= 3 and "train_params" in self.arrays
+
+    def parameters(self, n_layers=None):
+        """``(weights, biases)`` of the last completed epoch (where a resumed run continues),
+        as :meth:`Network.set_params` takes them."""
+        if self._best_is_the_model:
+            return _layers(self.arrays["train_params"], self.meta["config"]["sizes"])
+        return self._model_arrays()
+
+    def best_parameters(self):
+        """The best epoch's flat parameters (early stopping), or None."""
+        if self._best_is_the_model:
+            return _flat(*self._model_arrays())
+        return self.arrays.get("best_params")
 
     def network_state(self) -> dict:
         """The network's state without its parameters (:meth:`Network.load_state`)."""
@@ -176,16 +249,29 @@ def write_checkpoint(path, model, network_state: dict, optimizer_state, progress
         The run's own record: ``epoch``, ``finished``, ``options``, ``history``,
         ``split_rng_state``, ``early_stopping``, ``schedule``, ``data``, ``backend``, ``info``.
     best_params : ndarray, optional
-        The best epoch's flat parameters (early stopping).
+        The best epoch's flat parameters (early stopping): the file's model, while the last
+        epoch's (the model's own) go to ``train_params``.
+
+    Raises
+    ------
+    bpgpu.files.WriteError
+        An OSError naming ``path``: the previous file is intact.
     """
     scalars, arrays = optimizer_state
     stored = {f"{_OPTIMIZER_PREFIX}{k}": v for k, v in arrays.items()}
-    if best_params is not None:
-        stored["best_params"] = best_params
     section = dict(progress, version=CHECKPOINT_VERSION, rng_state=network_state["rng"],
                    steps=int(network_state["steps"]),
                    stream_key=[int(k) for k in network_state["stream_key"]], optimizer=scalars)
-    return save(model, path, sections={"checkpoint": section}, arrays=stored)
+    sections = {"checkpoint": section}
+    if best_params is None:
+        return save(model, path, sections=sections, arrays=stored)
+    be = model.backend
+    stored["train_params"] = be.to_host(model.params).copy()
+    be.upload(np.asarray(best_params).astype(model.dtype, copy=False), model.params)
+    try:                                       # the file's model: the best epoch's
+        return save(model, path, sections=sections, arrays=stored)
+    finally:
+        be.upload(stored["train_params"], model.params)
 
 
 def read_checkpoint(path) -> Checkpoint:
@@ -195,7 +281,8 @@ def read_checkpoint(path) -> Checkpoint:
     ------
     ModelFileError
         Missing, truncated or corrupt file; a model file that is not a checkpoint; a checkpoint
-        of a newer version.
+        of a newer version; a field of the checkpoint's section that is missing, of the wrong
+        type or out of range (the message names it).
     """
     path = os.fspath(path)
     meta, arrays = read_archive(path)
@@ -203,7 +290,7 @@ def read_checkpoint(path) -> Checkpoint:
     if section is None:
         raise ModelFileError(f"{path}: a model file, not a checkpoint (it has no training state "
                              "to resume from)")
-    if not isinstance(section, dict) or not isinstance(section.get("version"), int):
+    if not isinstance(section, dict) or type(section.get("version")) is not int:
         raise ModelFileError(f"{path}: the checkpoint section is corrupt")
     if section["version"] > CHECKPOINT_VERSION:
         raise ModelFileError(f"{path}: checkpoint version {section['version']} was written by a "
@@ -215,4 +302,7 @@ def read_checkpoint(path) -> Checkpoint:
     missing = [k for k in needed if k not in section]
     if missing:
         raise ModelFileError(f"{path}: the checkpoint section lacks {', '.join(missing)}")
+    model = model_from_archive(meta, arrays, path, backend="numpy")   # the model part's checks
+    has_best = "best_params" in arrays or (section["version"] >= 3 and "train_params" in arrays)
+    validate(path, section, arrays, model.n_params, has_best)
     return Checkpoint(path, meta, arrays)

@@ -6,6 +6,12 @@ the recorded sizes, and turns a truncated, corrupt or foreign file into a
 :class:`~bpgpu.errors.ModelFileError` that says what is wrong: :func:`read_archive` checks each
 array's header against the bytes the file really holds before allocating anything, so a corrupt
 header cannot make it allocate gigabytes. A model saved from any backend loads onto any backend.
+
+Format versions: 1 holds the parameters, the network's config and the backend it was saved
+from; 2 adds, where the model has them, its input pipeline (``"pipeline"``: feature names and
+standardisation, categories, class labels, task, image shape;
+:class:`bpgpu.datasets.pipeline.Pipeline`) and the data it was trained on (``"dataset"``: name,
+fingerprint, split; :func:`bpgpu.datasets.pipeline.source_record`). Both versions load.
 """
 
 from __future__ import annotations
@@ -22,17 +28,21 @@ import numpy as np
 from .errors import BpgpuError, ModelFileError
 from .files import atomic_write
 
-__all__ = ["save", "load", "read_archive", "model_from_archive", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_archive", "model_from_archive", "FORMAT", "FORMAT_VERSION",
+           "READABLE_VERSIONS"]
 
 FORMAT = "bpgpu-mlp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The format versions this bpgpu reads (version 1: no pipeline, no dataset record).
+READABLE_VERSIONS = (1, 2)
 
 
 def save(model, path, *, sections=None, arrays=None) -> str:
     """Write ``model`` to ``path`` atomically and return the path.
 
     The archive holds ``W0..W{L-1}``, ``b0..b{L-1}`` and ``metadata.json`` (format, version, the
-    model's config, the backend it was saved from).
+    model's config, the backend it was saved from, and the model's ``pipeline`` and
+    ``data_source`` when it has them).
 
     Parameters
     ----------
@@ -45,6 +55,11 @@ def save(model, path, *, sections=None, arrays=None) -> str:
     weights, biases = model.get_params()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config(),
             "saved_from_backend": model.backend.name}
+    pipeline, source = getattr(model, "pipeline", None), getattr(model, "data_source", None)
+    if pipeline is not None:
+        meta["pipeline"] = pipeline.record()
+    if source is not None:
+        meta["dataset"] = dict(source)
     meta.update(sections or {})
     stored = {f"W{i}": w for i, w in enumerate(weights)}
     stored.update({f"b{i}": b for i, b in enumerate(biases)})
@@ -67,9 +82,9 @@ def _read_metadata(archive, path):
         raise ModelFileError(f"{path}: not a bpgpu model (format tag is "
                              f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or type(version) is not int:
         raise ModelFileError(f"{path}: format version {version} is not supported by this bpgpu "
-                             f"(it reads version {FORMAT_VERSION})")
+                             f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     return meta
 
 
@@ -201,7 +216,33 @@ def model_from_archive(meta, arrays, path, backend="auto", cls=None):
         raise ModelFileError(f"{path}: inconsistent model file: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:   # values of the wrong kind
         raise ModelFileError(f"{path}: inconsistent model file: {exc}") from None
+    model.pipeline, model.data_source = _data_sections(meta, sizes, path)
     return model
+
+
+def _data_sections(meta, sizes, path):
+    """``(Pipeline or None, dataset record or None)`` of a model file, checked."""
+    from .datasets.pipeline import Pipeline
+    pipeline, source = meta.get("pipeline"), meta.get("dataset")
+    if pipeline is not None:
+        try:
+            pipeline = Pipeline.from_record(pipeline)
+            pipeline.check_against(sizes)
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: corrupt metadata: {exc}") from None
+    if source is not None and not (isinstance(source, dict) and
+                                   isinstance(source.get("name"), str) and
+                                   isinstance(source.get("fingerprint"), (str, type(None)))):
+        raise ModelFileError(f"{path}: corrupt metadata: dataset record {source!r} has no name "
+                             "and fingerprint")
+    split = (source or {}).get("split")
+    if split is not None and not (
+            isinstance(split, dict) and type(split.get("seed")) is int and split["seed"] >= 0
+            and isinstance(split.get("test_fraction", 0.0), (int, float))
+            and 0 <= split.get("test_fraction", 0.0) < 1):
+        raise ModelFileError(f"{path}: corrupt metadata: dataset split {split!r} is not a seed "
+                             "and a test fraction in [0, 1)")
+    return pipeline, source
 
 
 def load(path, backend="auto", cls=None):

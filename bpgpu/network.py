@@ -80,6 +80,12 @@ class Network:
             raise ConfigError(f"{len(acts)} hidden activations given for {n_hidden} hidden layers")
         self.activations = [check_activation(a) for a in acts] + [output]
         check_output_loss(output, loss)
+        if output == "softmax" and sizes[-1] < 2:
+            raise ConfigError(f"a softmax output needs at least 2 units (one per class), got "
+                              f"{sizes[-1]}; a single output is sigmoid (bce) or identity (mse)")
+        if not (np.isfinite(float(input_scale)) and np.isfinite(float(input_shift))):
+            raise ConfigError(f"input_scale and input_shift must be finite numbers, got "
+                              f"{input_scale} and {input_shift}")
         if str(dtype) not in DTYPES and np.dtype(dtype).name not in DTYPES:
             raise ConfigError(f"dtype must be float32 or float64, got {dtype}")
         self.dtype = np.dtype(DTYPES.get(str(dtype), dtype))

@@ -5,6 +5,11 @@ only records the request (the loop stops at the next batch boundary, or the next
 compiled epoch, goes back to the end of the last completed epoch and raises
 :class:`TrainingInterrupted`); a second one raises at once. :class:`Stopped` is how the loop
 unwinds to that point.
+
+Guards nest: a guard entered while another one handles the signals (``bpgpu train`` holds one
+from before training until its last file is written) passes every signal it receives on to that
+outer guard too, so a signal that arrives as training ends is never lost, and a signal after the
+one that stopped training counts as the second.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         True when the model was put back to the end of the last completed epoch (and the
         checkpoint, if any, written): what a caller saves is then a consistent state.
     checkpoint : str or None
-        The checkpoint written, if any.
+        The checkpoint written, if any (None too when no epoch had completed: nothing is
+        written then).
+    checkpoint_error : OSError or None
+        Why the checkpoint could not be written, if that failed (e.g. a full disk).
     """
 
-    def __init__(self, signum, history=None, restored=False, checkpoint=None):
+    def __init__(self, signum, history=None, restored=False, checkpoint=None,
+                 checkpoint_error=None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.history, self.restored = signum, history, restored
-        self.checkpoint = checkpoint
+        self.checkpoint, self.checkpoint_error = checkpoint, checkpoint_error
 
 
 class InterruptGuard:
@@ -51,6 +60,7 @@ class InterruptGuard:
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._outer = None        # the guard that handled the signals before this one
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -58,7 +68,10 @@ class InterruptGuard:
                 try:
                     self._previous[sig] = signal.signal(sig, self._handle)
                 except (ValueError, OSError):
-                    pass
+                    continue
+                outer = getattr(self._previous[sig], "__self__", None)
+                if isinstance(outer, InterruptGuard) and outer is not self:
+                    self._outer = outer
         return self
 
     def __exit__(self, *exc):
@@ -78,6 +91,8 @@ class InterruptGuard:
         return False
 
     def _handle(self, signum, frame):
+        if self._outer is not None:       # it sees every signal too (see the module docstring)
+            self._outer.request(signum)
         if self.request(signum):
             return
         self._restore()

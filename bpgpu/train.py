@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._compat import optional_import
-from .augment import make_augment
-from .checkpoint import data_fingerprints, read_checkpoint, write_checkpoint
+from .augment import resolve_augment
+from .checkpoint import CheckpointNotWritten, data_fingerprints, read_checkpoint, write_checkpoint
 from .errors import ConfigError, DataError
 from .feeder import BatchFeeder
 from .history import History
@@ -211,9 +211,13 @@ fit.__doc__ = f"""Train ``model`` on ``(X, y)``.
     ------
     TrainingInterrupted
         On SIGINT (Ctrl-C) or SIGTERM: the current batch is finished, the model is put back to
-        the end of the last completed epoch (weights, optimizer, generator), the checkpoint is
-        written, and this is raised (a KeyboardInterrupt) with the History. A second signal stops
-        at once.
+        the end of the last completed epoch (weights, optimizer, generator; with early stopping
+        the model then holds the best epoch's weights, as after a completed run), the checkpoint
+        is written (unless no epoch completed), and this is raised (a KeyboardInterrupt) with the
+        History. A second signal stops at once.
+    bpgpu.checkpoint.CheckpointNotWritten
+        The checkpoint could not be written (an OSError: a full disk, say): training stops
+        after that epoch, the model holds what fit would have returned there.
     """
 
 
@@ -221,9 +225,8 @@ def _plan(model, X, y, sample_weight, validation_data, opts, info, saved, distri
     """Resolve ``fit``'s arguments into a :class:`Plan` (and the checkpoint to resume, if any).
     The order of the generator's draws is part of the result: the split comes before training."""
     X, y, weights, validation_data = _arrays(model, X, y, sample_weight, validation_data, opts)
-    aug = make_augment(opts.augment)
-    if aug is not None:
-        aug = aug.resolved(model.sizes[0], X.shape[1:] if len(X.shape) == 3 else None)
+    aug = resolve_augment(opts.augment, model.sizes[0],
+                          X.shape[1:] if len(X.shape) == 3 else None)
     continued = model.training_state if opts.continue_training else None
     if continued is not None and continued.optimizer != opts.optimizer:
         raise ConfigError(f"continue_training: the previous fit used optimizer "
@@ -461,9 +464,9 @@ class Run:
         self.best_val = math.inf if best_val is None else float(best_val)
         self.since_best = int(saved.state["early_stopping"]["since_best"])
         self.schedule.load_state(saved.state.get("schedule") or {})
-        if self.patience and "best_params" in saved.arrays:
-            self.be.upload(saved.arrays["best_params"].astype(model.dtype, copy=False),
-                           self.best)
+        best = saved.best_parameters()
+        if self.patience and best is not None:
+            self.be.upload(best.astype(model.dtype, copy=False), self.best)
         self._snapshot()
 
     # ------------------------------------------------------------------ epochs
@@ -516,15 +519,21 @@ class Run:
                     self._epochs(progress, on_epoch)
                 except Stopped:
                     self._stopped()
+                except CheckpointNotWritten:
+                    self._use_best()
+                    raise
         finally:
             for listener in self.listeners:
                 listener.close()
             if self.feeder is not None:
                 self.feeder.close()
-        history = self.history
-        if self.patience and history.best_epoch is not None:
-            be.copy(self.best, self.model.params)
-        return history
+        self._use_best()
+        return self.history
+
+    def _use_best(self):
+        """With early stopping, the best epoch's parameters into the model (what fit leaves)."""
+        if self.patience and self.history.best_epoch is not None:
+            self.be.copy(self.best, self.model.params)
 
     def _epochs(self, progress, on_epoch):
         epochs, every = self.epochs, self.options.checkpoint_every
@@ -553,25 +562,43 @@ class Run:
                 break
             if self.options.checkpoint is not None and (
                     not go_on or self.epoch == epochs or self.epoch % every == 0):
-                self.save_checkpoint()
-                self._written = self.epoch
+                self._checkpoint_or_stop()
             if not go_on:
                 break
             if self.interrupt.signum is not None:
                 raise Stopped
 
+    def _checkpoint_or_stop(self):
+        """Write the checkpoint; when that fails (a full disk), stop training here with
+        :class:`~bpgpu.checkpoint.CheckpointNotWritten` (the model stays this epoch's)."""
+        try:
+            self.save_checkpoint()
+        except OSError as exc:
+            failed = CheckpointNotWritten(exc, self.options.checkpoint, self.epoch,
+                                          self.history)
+            failed.bpgpu_collective = getattr(exc, "bpgpu_collective", False)
+            self.history.stop_reason = str(failed)
+            raise failed from exc
+        self._written = self.epoch
+
     def _stopped(self):
-        """A signal stopped the run: back to the last completed epoch, checkpoint written,
-        :class:`TrainingInterrupted` raised."""
+        """A signal stopped the run: back to the last completed epoch, checkpoint written (when
+        an epoch completed: nothing otherwise), the best epoch's parameters in the model with
+        early stopping, :class:`TrainingInterrupted` raised."""
         self._back_to_snapshot()
-        path = None
-        if self.options.checkpoint is not None:
-            path = (self.options.checkpoint if self._written == self.epoch
-                    else self.save_checkpoint())
+        path = error = None
+        if self.options.checkpoint is not None and self.epoch > 0:
+            try:
+                path = (self.options.checkpoint if self._written == self.epoch
+                        else self.save_checkpoint())
+            except OSError as exc:          # a full disk: the model is still saved by the caller
+                error = exc
+        self._use_best()
         signum = self.interrupt.signum
         self.history.stop_reason = (f"interrupted by {signal.Signals(signum).name} after "
                                     f"epoch {self.epoch}")
-        raise TrainingInterrupted(signum, self.history, restored=True, checkpoint=path) from None
+        raise TrainingInterrupted(signum, self.history, restored=True, checkpoint=path,
+                                  checkpoint_error=error) from None
 
     def finish_epoch(self, epoch, t0, progress, on_epoch) -> bool:
         """Record epoch ``epoch`` and make it the state to go back to (hook); False when

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
-__all__ = ["check_sample_weight", "class_weights", "row_factors"]
+__all__ = ["check_sample_weight", "class_weights", "class_weight_by_label", "row_factors"]
 
 
 def check_sample_weight(sample_weight, n_rows, what="sample_weight") -> np.ndarray:
@@ -58,6 +58,9 @@ def class_weights(class_weight, y, n_outputs) -> np.ndarray | None:
     if class_weight is None:
         return None
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1 and int(n_outputs) > 1 and y.dtype.kind == "f":
+        raise ConfigError("class_weight is for single-label classification; weight the rows "
+                          "of multi-label (or one-hot) targets with sample_weight")
     if y.ndim != 1 or y.dtype.kind not in "iub":
         raise ConfigError("class_weight needs integer class labels y of shape (N,), got "
                           f"{y.shape} of {y.dtype}")
@@ -90,6 +93,43 @@ def class_weights(class_weight, y, n_outputs) -> np.ndarray | None:
                               f"and its weight a finite number >= 0, got {weight!r}")
         per_class[index] = value
     return per_class[y]
+
+
+def class_weight_by_label(class_weight, classes):
+    """``class_weight`` with its keys, labels as a data file wrote them, turned into class
+    indices (what :func:`class_weights` takes).
+
+    Parameters
+    ----------
+    class_weight : None, "balanced", dict, or str
+        A dict of label -> weight, or the JSON text of one (``--class-weight``); None and
+        ``"balanced"`` are returned unchanged.
+    classes : sequence or None
+        The labels in output order (a dataset's ``pipeline.classes``); None returns
+        ``class_weight`` unchanged (its keys are then integer indices).
+
+    Returns
+    -------
+    dict or the input unchanged
+        ``{index: weight}``; a key that names no class is a :class:`ConfigError` listing them.
+    """
+    if classes is None or class_weight is None:
+        return class_weight
+    if isinstance(class_weight, str):
+        if not class_weight.strip().startswith("{"):
+            return class_weight
+        try:
+            class_weight = json.loads(class_weight)
+        except ValueError as exc:
+            raise ConfigError(f"class_weight: not a JSON object ({exc})") from None
+    if not isinstance(class_weight, dict):
+        return class_weight
+    index_of = {str(label): i for i, label in enumerate(classes)}
+    unknown = [str(k) for k in class_weight if str(k) not in index_of]
+    if unknown:
+        raise ConfigError(f"class_weight names {', '.join(map(repr, unknown))}, not among the "
+                          f"labels {', '.join(map(repr, index_of))}")
+    return {index_of[str(k)]: w for k, w in class_weight.items()}
 
 
 def row_factors(sample_weight, order, batch, dtype) -> np.ndarray:

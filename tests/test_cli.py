@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import bpgpu
@@ -202,3 +203,37 @@ def test_choices_come_from_the_module_tables():
         tuple(demos.DEMOS)
     assert tuple(next(a for a in sub["bench"]._actions if a.dest == "dtype").choices) == \
         want["dtype"]
+
+
+def _labelled_csv(path):
+    rng = np.random.default_rng(0)
+    rows = ["gre,gpa,admit"]
+    for _ in range(120):
+        gre, gpa = rng.uniform(300, 800), rng.uniform(2, 4)
+        rows.append(f"{gre:.0f},{gpa:.2f},{'yes' if gre / 800 + gpa / 4 > 1.4 else 'no'}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_class_weight_on_the_command_line_names_the_files_labels(tmp_path):
+    data, report = _labelled_csv(tmp_path / "adm.csv"), tmp_path / "r.json"
+    res = run("train", "--dataset", str(data), "--target", "admit", "--epochs", "2",
+              "--backend", "numpy", "--quiet", "--class-weight", '{"yes": 3}',
+              "--json", str(report))
+    assert res.returncode == 0, res.stderr
+    classes = json.loads(report.read_text())["fit"]["class_weight"]
+    assert classes == {"1": 3}                      # 'yes' is the second label of ['no', 'yes']
+    res = run("train", "--dataset", str(data), "--target", "admit", "--epochs", "1",
+              "--backend", "numpy", "--class-weight", '{"maybe": 3}')
+    assert_clean_error(res, "'maybe', not among the labels 'no', 'yes'")
+
+
+def test_class_weight_by_label_maps_keys_and_passes_other_forms():
+    from bpgpu.errors import ConfigError
+    from bpgpu.weights import class_weight_by_label
+    assert class_weight_by_label('{"b": 2, "a": 0.5}', ["a", "b"]) == {1: 2, 0: 0.5}
+    assert class_weight_by_label({3: 2}, [1, 3]) == {1: 2}   # integer labels as the file wrote them
+    assert class_weight_by_label("balanced", ["a", "b"]) == "balanced"
+    assert class_weight_by_label({"1": 2}, None) == {"1": 2}
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        class_weight_by_label("{nope", ["a"])

@@ -269,6 +269,42 @@ def test_augmented_training_on_the_device_matches_numpy(dtype, tol, cupy_be):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_weighted_training_on_the_device_matches_numpy(dtype, tol, cupy_be):
+    """Sample and class weights reach the fused output-delta kernel every step (not the generic
+    fallback), and training matches the numpy backend's."""
+    (X, y), _ = bpgpu.datasets.mnist()
+    w = np.random.default_rng(4).uniform(0, 2, 640)
+    fit = dict(epochs=1, batch_size=32, optimizer="adam", lr=1e-3, sample_weight=w,
+               class_weight="balanced", validation_data=(X[640:800], y[640:800]))
+    cupy_be._launches.clear()
+    assert max(_cupy_vs_numpy([784, 16, 10], dtype, 13, X[:640], y[:640], **fit)) < tol
+    # the fused kernel every step: eager, or its graph form (output_delta_at) in a replay
+    assert cupy_be._launches["output_delta"] + cupy_be._launches["output_delta_at"] >= 20
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_memory_mapped_dataset_streams_to_the_device_and_trains_the_same(cupy_be, tmp_path):
+    """Out of core on the GPU: batches copied from page-locked buffers on a second stream,
+    overlapping the step, and parameters equal bit for bit to the data uploaded whole (a copy
+    that raced its step would show here)."""
+    (X, y), _ = bpgpu.datasets.mnist()
+    np.save(tmp_path / "x.npy", X[:6400])
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    kw = dict(epochs=2, batch_size=64, optimizer="adam", lr=1e-3, dropout=0.1)
+    params = []
+    for source in (X[:6400], mapped):
+        net = bpgpu.MLP([784, 256, 10], backend="cupy", seed=2)
+        net.fit(source, y[:6400], **kw)
+        params.append(_params(net))
+    assert cupy_be._copy_stream is not None
+    for a, b in zip(params[0], params[1]):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.gpu
+@gpu
 def test_every_kernel_the_step_needs_was_launched(cupy_be):
     """The fallbacks would pass every parity test too: count what actually ran."""
     (X, y), _ = bpgpu.datasets.mnist()

@@ -11,7 +11,8 @@ inside functions count as much as those at the top of a module:
     run          training runs and files: train, options, history, signals, checkpoint, io,
                  files, schedules, gradcheck, datasets, distributed
     interfaces   what users call: mlp (the MLP class), cli, sklearn, bench, demos, plots,
-                 sysinfo, warmup, recipes, __main__
+                 sysinfo, warmup, recipes, interop (ONNX, PyTorch, safetensors, skl2onnx),
+                 __main__
     package      bpgpu/__init__.py (the public names)
 
 The graph is drawn from the installed package's sources with ``ast`` (so it covers the
@@ -32,12 +33,12 @@ LAYERS = (
                "bpgpu.init", "bpgpu.streams", "bpgpu.augment", "bpgpu.weights",
                "bpgpu.rows")),
     ("run", ("bpgpu.train", "bpgpu.options", "bpgpu.history", "bpgpu.signals",
-             "bpgpu.checkpoint", "bpgpu.io", "bpgpu.files", "bpgpu.schedules",
-             "bpgpu.gradcheck", "bpgpu.datasets", "bpgpu.distributed", "bpgpu.runlog",
+             "bpgpu.checkpoint", "bpgpu.checkpoint_schema", "bpgpu.io", "bpgpu.files",
+             "bpgpu.schedules", "bpgpu.gradcheck", "bpgpu.datasets", "bpgpu.distributed", "bpgpu.runlog",
              "bpgpu.tensorboard", "bpgpu.feeder")),
     ("interfaces", ("bpgpu.mlp", "bpgpu.cli", "bpgpu.sklearn", "bpgpu.bench", "bpgpu.demos",
                     "bpgpu.plots", "bpgpu.sysinfo", "bpgpu.warmup", "bpgpu.recipes",
-                    "bpgpu.__main__")),
+                    "bpgpu.interop", "bpgpu.__main__")),
     ("package", ("bpgpu",)),
 )
 

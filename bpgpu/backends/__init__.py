@@ -75,9 +75,19 @@ def available_backends() -> list[BackendInfo]:
 
 
 def auto_reason() -> tuple[str, str]:
-    """The backend ``"auto"`` resolves to and a one-line reason."""
+    """The backend ``"auto"`` resolves to and a one-line reason.
+
+    ``BPGPU_BACKEND`` unset, empty or ``auto`` leaves the choice to the machine; a name there is
+    the answer, and when that backend is unknown or cannot run here the reason says so (and
+    :func:`get_backend` refuses it with the same words)."""
     env = os.environ.get("BPGPU_BACKEND", "").strip().lower()
     if env and env != "auto":
+        if env not in REGISTRY:
+            return env, (f"{env} (from BPGPU_BACKEND), which is not a backend: unusable (choose "
+                         f"one of auto, {', '.join(REGISTRY)})")
+        info = _probe(env)
+        if not info.available:
+            return env, f"{env} (from BPGPU_BACKEND), which is not available: {info.reason}"
         return env, f"{env} (from BPGPU_BACKEND)"
     skipped = []
     for name in (n for n in _AUTO_ORDER if n in REGISTRY):

@@ -23,6 +23,7 @@ __all__ = ["Backend", "OPS"]
 #: Names of the ops every backend provides, with the base class's signature (checked by a test).
 OPS = (
     "empty", "zeros", "asarray", "to_host", "upload", "copy", "synchronize",
+    "staging_buffer", "upload_async", "mark", "wait_host",
     "gemm", "bias_activation", "activation_backward", "output_delta", "column_sums",
     "loss_sum", "count_correct", "all_finite", "gather_rows",
     "random_uniform", "dropout_forward", "dropout_backward",
@@ -114,6 +115,29 @@ class Backend:
         """Copy the host array ``host`` into the existing device array ``out`` (same shape)."""
         out[...] = self.xp.asarray(host)
         return out
+
+    # -------------------------------------------------- staging batches read from disk
+    # (bpgpu.feeder): a host buffer a batch is read into, its upload queued, and events
+    # that say when the device is done with a buffer. On the CPU the upload is a copy and
+    # there is nothing to wait for; cupy pins the buffers and copies on a second stream.
+    def staging_buffer(self, shape, dtype) -> np.ndarray:
+        """A host array of ``shape`` and ``dtype`` that :meth:`upload_async` copies from."""
+        return np.empty(shape, dtype)
+
+    def upload_async(self, host, out, after=None):
+        """Queue ``out[...] = host`` (``host`` from :meth:`staging_buffer`, same shape and
+        dtype) once the device has passed ``after`` (an event of :meth:`mark`, or None); work
+        queued afterwards sees the copy. Returns an event for :meth:`wait_host`: ``host`` may be
+        written again once it has passed."""
+        self.upload(host, out)
+        return None
+
+    def mark(self):
+        """An event marking the work queued so far (None where work runs as it is queued)."""
+        return None
+
+    def wait_host(self, event) -> None:
+        """Block the calling thread until the device has passed ``event`` (None: at once)."""
 
     def copy(self, src, out):
         """``out[:] = src`` between two device arrays of the same shape and dtype."""

@@ -182,6 +182,7 @@ class CupyBackend(Backend):
         self._core = cupy._core
         self._tf32_code = cupy._core._routines_linalg.COMPUTE_TYPE_TF32
         self._module = None
+        self._copy_stream = None          # the staging copies' stream (made on first use)
         self._functions: dict = {}
         self._launches: collections.Counter = collections.Counter()
         self._host_calls = 0
@@ -210,6 +211,36 @@ class CupyBackend(Backend):
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
+
+    # staging (bpgpu.feeder): page-locked host buffers, copies on a second stream that overlap
+    # the step running on the current one, and events that order the two streams
+    def staging_buffer(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape))
+        memory = self.xp.cuda.alloc_pinned_memory(max(n * dtype.itemsize, 1))
+        return np.frombuffer(memory, dtype, n).reshape(shape)
+
+    def upload_async(self, host, out, after=None):
+        cuda = self.xp.cuda
+        if self._copy_stream is None:
+            self._copy_stream = cuda.Stream(non_blocking=True)
+        stream = self._copy_stream
+        if after is not None:
+            stream.wait_event(after)         # the step that last read ``out`` is done
+        out.set(host, stream=stream)
+        done = cuda.Event(disable_timing=True)
+        done.record(stream)
+        cuda.get_current_stream().wait_event(done)      # the next step reads the copy
+        return done
+
+    def mark(self):
+        event = self.xp.cuda.Event(disable_timing=True)
+        event.record(self.xp.cuda.get_current_stream())
+        return event
+
+    def wait_host(self, event) -> None:
+        if event is not None:
+            event.synchronize()
 
     # ------------------------------------------------------------------ kernels
     def _compile(self):

@@ -1,5 +1,5 @@
-"""The ``bpgpu`` command: ``info``, ``train``, ``evaluate``, ``gradcheck``, ``demo``, ``warmup``,
-``bench``.
+"""The ``bpgpu`` command: ``info``, ``train``, ``evaluate``, ``predict``, ``export``,
+``gradcheck``, ``demo``, ``warmup``, ``bench``.
 
 Every error a user can cause prints one line on stderr and exits with status 2, with no traceback
 (:data:`bpgpu.errors.USER_ERRORS`); output files are checked before training starts and written
@@ -14,7 +14,7 @@ import sys
 
 from .._version import __version__
 from ..errors import USER_ERRORS, UsageError
-from . import bench, tools, train
+from . import bench, export, predict, tools, train
 from .common import Parser, choices
 from .train import RESUMED_OPTIONS, _apply_recipe  # noqa: F401 (tests drive the recipe step)
 
@@ -30,6 +30,8 @@ def build_parser():
     tools.add_parsers(sub, names)
     parser.train_parser = train.add_parser(sub, names)
     bench.add_parser(sub, names)
+    predict.add_parser(sub, names)
+    export.add_parser(sub, names)
     return parser
 
 

@@ -11,8 +11,8 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from .common import (UsageError, add_tf32_arg, apply_tf32, csv_ints, need_matplotlib,
-                     positive_int, writable)
+from .common import (UsageError, add_tf32_arg, apply_tf32, csv_ints, distinct_outputs,
+                     need_matplotlib, positive_int, writable)
 
 __all__ = ["add_parser", "cmd_bench", "QUICK"]
 
@@ -88,13 +88,18 @@ class _Plan:
 
 
 def _check_outputs(args):
-    for path, what in ((args.json, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot")):
+    """Every file the run writes, checked before anything is measured: writable now (a real
+    create-and-rename in its directory), each its own file, the README one to update."""
+    outputs = [("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot),
+               ("--update-readme", args.update_readme)]
+    for what, path in outputs:
         writable(path, what)
-    if args.update_readme:
+    if args.update_readme is not None:
         if not (args.markdown and args.plot):
             raise UsageError("--update-readme needs --markdown and --plot (the README links them)")
         from ..bench.report import check_readme
         check_readme(args.update_readme)
+    distinct_outputs(outputs)
     if args.plot or args.update_readme:
         need_matplotlib("--plot")
 

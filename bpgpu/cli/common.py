@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 
 from ..errors import UsageError
 
 __all__ = ["Parser", "UsageError", "csv_ints", "int_at_least", "positive_int",
-           "nonnegative_int", "writable", "write_json", "choices", "add_backend_arg",
-           "add_tf32_arg", "apply_tf32", "need_matplotlib"]
+           "nonnegative_int", "positive_float", "writable", "distinct_outputs", "write_json",
+           "choices", "add_backend_arg", "add_tf32_arg", "apply_tf32", "need_matplotlib"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,17 +50,66 @@ def int_at_least(low):
 positive_int, nonnegative_int = int_at_least(1), int_at_least(0)
 
 
+def positive_float(text):
+    """An argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+positive_float.__name__ = "number > 0"
+
+
 def writable(path, what):
-    """UsageError unless ``path`` (None: nothing to check) can be written as a file."""
+    """UsageError unless ``path`` (None: nothing to check) can be written as a file now: not
+    empty, not something other than a regular file (a symbolic link is followed to its target),
+    in a directory that exists and where a file can really be created and renamed
+    (:func:`bpgpu.files.check_writable`). The message names ``what`` (the option) and the path
+    as the user gave it."""
     if path is None:
         return
-    if os.path.isdir(path):
-        raise UsageError(f"{what} {path}: is a directory, not a file name")
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(directory):
-        raise UsageError(f"{what} {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise UsageError(f"{what} {path}: directory {directory} is not writable")
+    from ..files import WriteError, check_writable
+    if not str(path):
+        raise UsageError(f"{what} '': an empty file name")
+    try:
+        check_writable(path)
+    except WriteError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+
+
+def distinct_outputs(outputs, inputs=()):
+    """UsageError unless the files of one command are all different after following links.
+
+    Parameters
+    ----------
+    outputs : sequence of (what, path)
+        The files the command writes (``what`` names the option); None paths are skipped.
+    inputs : sequence of (what, path, allowed)
+        Files the command reads: no output may be one of them, except the output options named
+        in ``allowed`` (``--checkpoint`` continues the checkpoint ``--resume`` reads).
+    """
+    from ..files import file_identity
+    seen = {}
+    for what, path in outputs:
+        if path is None:
+            continue
+        key = file_identity(path)
+        if key in seen:
+            other, other_path = seen[key]
+            raise UsageError(f"{what} {path} is the same file as {other} {other_path}: one "
+                             "would overwrite the other; give each output its own file")
+        seen[key] = (what, path)
+    for what, path, allowed in inputs:
+        if path is None:
+            continue
+        hit = seen.get(file_identity(path))
+        if hit is not None and hit[0] not in allowed:
+            raise UsageError(f"{hit[0]} {hit[1]} would overwrite {what} {path}, which this "
+                             "command reads")
 
 
 def write_json(path, obj):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["read_idx", "read_idx_bytes", "write_idx"]
+__all__ = ["read_idx", "read_idx_bytes", "map_idx", "is_gzip", "write_idx"]
 
 _TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
           0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -124,6 +124,41 @@ def read_idx(path) -> np.ndarray:
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     return read_idx_bytes(_raw_bytes(path), path)
+
+
+def is_gzip(path) -> bool:
+    """True when the file at ``path`` starts with the gzip magic number."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def map_idx(path) -> np.ndarray:
+    """An uncompressed IDX file of single-byte values as a read-only ``np.memmap`` (never read
+    whole: training streams it, :mod:`bpgpu.rows`); any other IDX file read as
+    :func:`read_idx` reads it. The header and the file's size get the same checks.
+
+    Raises
+    ------
+    DataError
+        With the file name and exactly what is wrong.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path) or is_gzip(path):
+        return read_idx(path)
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * _MAX_DIMS)
+    size = os.path.getsize(path)
+    declared = _declared_size(head)
+    if declared is None or declared != size or _TYPES[head[2]].itemsize != 1:
+        return read_idx(path)            # says what is wrong; multi-byte types are converted
+    ndim = head[3]
+    dims = tuple(int(d) for d in np.frombuffer(head, ">u4", ndim, 4))
+    if 0 in dims:                        # nothing to map (mmap refuses an empty length)
+        return np.zeros(dims, _TYPES[head[2]])
+    return np.memmap(path, _TYPES[head[2]], "r", offset=4 + 4 * ndim, shape=dims)
 
 
 def write_idx(path, array, compress=None) -> None:

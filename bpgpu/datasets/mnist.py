@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 
 from ..errors import DataError
-from .idx import _raw_bytes, read_idx_bytes
+from .idx import _raw_bytes, is_gzip, map_idx, read_idx_bytes
 
 __all__ = ["mnist", "fashion_mnist", "load_idx_dir", "MNIST_FILES", "FASHION_MNIST_DIRS"]
 
@@ -45,6 +45,15 @@ def _read_sums(directory):
     return sums
 
 
+def _file_sha256(path) -> str:
+    """SHA-256 of a file, read in chunks (a large one is never held whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_idx_dir(directory, n_classes=10, verify=True):
     """Load an MNIST-layout directory: the four (optionally gzipped) IDX files.
 
@@ -59,7 +68,9 @@ def load_idx_dir(directory, n_classes=10, verify=True):
     Returns
     -------
     (X_train, y_train), (X_test, y_test)
-        ``X`` uint8 of shape (N, rows*cols), ``y`` int64 of shape (N,).
+        ``X`` uint8 of shape (N, rows*cols), ``y`` int64 of shape (N,). Uncompressed image files
+        are memory-mapped read-only (``np.memmap``: training streams them, never reading them
+        whole); gzipped ones are decompressed into memory.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -68,12 +79,17 @@ def load_idx_dir(directory, n_classes=10, verify=True):
     arrays = {}
     for stem in MNIST_FILES:
         path = _find(directory, stem)
-        raw = _raw_bytes(path)
         want = sums.get(stem)
+        if "images" in stem and not is_gzip(path):     # memory-mapped: never read whole
+            if want is not None and _file_sha256(path) != want:
+                raise DataError(f"{path}: checksum mismatch with SHA256SUMS (file is corrupt)")
+            arrays[stem] = map_idx(path)
+            continue
+        raw = _raw_bytes(path)
         if want is not None and hashlib.sha256(raw).hexdigest() != want:
             raise DataError(f"{path}: checksum mismatch with SHA256SUMS (file is corrupt)")
         arrays[stem] = read_idx_bytes(raw, path)
-    out = []
+    out, shapes = [], []
     for split in ("train", "t10k"):
         images = arrays[f"{split}-images-idx3-ubyte"]
         labels = arrays[f"{split}-labels-idx1-ubyte"]
@@ -85,10 +101,19 @@ def load_idx_dir(directory, n_classes=10, verify=True):
         if images.shape[0] != labels.shape[0]:
             raise DataError(f"{directory}: {split} has {images.shape[0]} images but "
                             f"{labels.shape[0]} labels")
+        if images.shape[0] == 0:
+            raise DataError(f"{directory}: {split}-images-idx3-ubyte holds no images")
+        if 0 in images.shape[1:]:
+            raise DataError(f"{directory}: {split} images are {images.shape[1]}x"
+                            f"{images.shape[2]} pixels (empty)")
         if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
             raise DataError(f"{directory}: {split} labels outside [0, {n_classes - 1}] "
                             f"(found {labels.min()}..{labels.max()})")
+        shapes.append(images.shape[1:])
         out.append((images.reshape(images.shape[0], -1), labels.astype(np.int64)))
+    if shapes[0] != shapes[1]:
+        raise DataError(f"{directory}: the training images are {shapes[0][0]}x{shapes[0][1]} "
+                        f"but the test images {shapes[1][0]}x{shapes[1][1]}")
     return tuple(out)
 
 

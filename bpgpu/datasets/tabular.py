@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["TabularData", "load_csv"]
+__all__ = ["TabularData", "load_csv", "split_rows", "iter_csv", "csv_fingerprint"]
 
 
 @dataclass
@@ -37,7 +37,9 @@ class TabularData:
 
     ``columns`` says, per input column in order, how it became features: ``{"name", "kind":
     "numeric", "mean", "std", "scale"}`` (standardised: ``(x / scale - mean) / std``) or
-    ``{"name", "kind": "categorical", "categories"}`` (one-hot, in that order).
+    ``{"name", "kind": "categorical", "categories"}`` (one-hot, in that order). ``pipeline``
+    is all of that as the :class:`~bpgpu.datasets.pipeline.Pipeline` a model saves, and
+    ``source`` says which file and which split the arrays came from.
     """
     X_train: np.ndarray
     y_train: np.ndarray
@@ -48,6 +50,22 @@ class TabularData:
     task: str = "classification"
     columns: list = field(default_factory=list)
     target: str | None = None
+    path: str | None = None               # the file, absolute
+    fingerprint: str | None = None        # of the file's bytes
+    split: dict | None = None             # {"seed", "test_fraction"}: split_rows' arguments
+
+    @property
+    def pipeline(self):
+        """The input pipeline a model trained on these arrays needs for raw rows."""
+        from .pipeline import Pipeline
+        return Pipeline("tabular", self.task, [dict(c) for c in self.columns], self.target,
+                        list(self.classes) if self.classes is not None else None)
+
+    @property
+    def source(self) -> dict:
+        """Where the arrays came from (:func:`bpgpu.datasets.pipeline.source_record`)."""
+        from .pipeline import source_record
+        return source_record(self.path, "csv", self.fingerprint, self.split)
 
 
 def _is_number(s):
@@ -87,7 +105,7 @@ _CP1252 = {b: bytes([b]).decode("cp1252") for b in range(0x80, 0xA0)
 
 
 def _read_rows(path, encoding):
-    """The CSV's rows as (line number, fields), blank lines skipped."""
+    """``(rows, raw bytes)``: the CSV's rows as (line number, fields), blank lines skipped."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -102,7 +120,79 @@ def _read_rows(path, encoding):
                 rows.append((reader.line_num, row))
     except csv.Error as exc:
         raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
-    return rows
+    return rows, raw
+
+
+def _stream_encoding(path, encoding):
+    """The encoding :func:`_decode` would choose for the file, found reading it in blocks (the
+    UTF-8 check needs the whole file; memory stays one block)."""
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(f"unknown encoding {encoding!r}") from None
+        return encoding
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "utf-16"
+        check = codecs.getincrementaldecoder("utf-8")()
+        block = head
+        try:
+            while block:
+                check.decode(block)
+                block = f.read(1 << 20)
+            check.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "cp1252"
+    return "utf-8-sig"
+
+
+def _text_lines(f, encoding):
+    """The file's lines as text (Windows-1252 by the module's rule: Latin-1, translated)."""
+    if encoding == "cp1252":
+        return (line.translate(_CP1252) for line in f)
+    return f
+
+
+def iter_csv(path, encoding=None, chunk_rows=4096):
+    """Read a CSV with a header row in blocks of at most ``chunk_rows`` rows (memory stays
+    bounded whatever the file's size), decoded by the module's rule.
+
+    Yields
+    ------
+    header : list of str
+        The column names (stripped), the same for every block.
+    rows : list of (int, list of str)
+        ``(line number, fields)`` per row; blank lines skipped.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    chosen = _stream_encoding(path, encoding)
+    opened = "latin-1" if chosen == "cp1252" and encoding is None else chosen
+    header, block = None, []
+    try:
+        with open(path, encoding=opened, newline="") as f:
+            reader = csv.reader(_text_lines(f, chosen if encoding is None else None))
+            for row in reader:
+                if not row:
+                    continue
+                if header is None:
+                    header = [h.strip() for h in row]
+                    continue
+                block.append((reader.line_num, row))
+                if len(block) >= chunk_rows:
+                    yield header, block
+                    block = []
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid {chosen} ({exc.reason})") from None
+    if header is None:
+        raise DataError(f"{path}: empty file (no header row)")
+    if block:
+        yield header, block
 
 
 def _number(value, path, line, column):
@@ -125,11 +215,13 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
     Parameters
     ----------
     path : path
-    target : str, optional
-        The target column (default: the last one).
+    target : str or list of str, optional
+        The target column (default: the last one). Several -- a list, or names separated by
+        commas (``"a,b,c"``) -- make a multi-label dataset: each column 0/1, ``y`` their (N, k)
+        float64 indicators, ``classes`` the column names, task ``"multilabel"``.
     categorical : sequence of str
         Columns to one-hot even though they are numeric (e.g. ``rank``).
-    task : {"auto", "classification", "regression"}
+    task : {"auto", "classification", "regression", "multilabel"}
         ``auto``: classification when the target is non-numeric or integer with at most 20
         distinct values.
     test_fraction : float
@@ -155,15 +247,18 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
         raise DataError(f"{path}: no such file")
     if not 0 <= test_fraction < 1:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    header, lines, cols = _table(path, encoding, target, categorical)
-    target = target or header[-1]
-    n = len(lines)
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
-    test_idx, train_idx = order[:n_test], order[n_test:]
+    targets = _target_names(target)
+    header, lines, cols, raw = _table(path, encoding, targets, categorical)
+    targets = targets or [header[-1]]
+    train_idx, test_idx = split_rows(len(lines), test_fraction, seed)
     if train_idx.size == 0:
         raise DataError(f"{path}: test_fraction={test_fraction} leaves no training rows")
-    y, classes, task = _target(path, cols, lines, target, task)
+    if len(targets) > 1:
+        y, classes, task = _indicators(path, cols, lines, targets, task)
+        target = targets
+    else:
+        target = targets[0]
+        y, classes, task = _target(path, cols, lines, target, task)
     features, names, columns = [], [], []
     for name, values in cols.items():
         block, spec = _encode(path, name, values, lines, train_idx, name in categorical)
@@ -174,12 +269,41 @@ def load_csv(path, target=None, categorical=(), task="auto", test_fraction=0.2, 
     X = np.hstack(features)
     return TabularData(X[train_idx], y[train_idx], X[test_idx], y[test_idx], names,
                        [str(c) for c in classes] if classes is not None else None, task,
-                       columns, target)
+                       columns, target, os.path.abspath(path), csv_fingerprint(raw),
+                       {"seed": int(seed), "test_fraction": float(test_fraction)})
 
 
-def _table(path, encoding, target, categorical):
-    """The CSV checked: ``(header, line numbers, {column: stripped values})``."""
-    rows = _read_rows(path, encoding)
+def split_rows(n, test_fraction, seed):
+    """The train/test split of ``n`` rows that :func:`load_csv` makes: ``(train indices, test
+    indices)``, the test rows the first ``round(n * test_fraction)`` of a permutation drawn from
+    ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return order[n_test:], order[:n_test]
+
+
+def csv_fingerprint(raw: bytes) -> str:
+    """A digest of a file's bytes: the same file under another name is the same dataset."""
+    from ..checkpoint import fingerprint
+    return fingerprint(np.frombuffer(raw, np.uint8))
+
+
+def _target_names(target) -> list:
+    """``load_csv``'s ``target`` as a list of column names (empty: the last column)."""
+    if target is None:
+        return []
+    names = target.split(",") if isinstance(target, str) else list(target)
+    names = [str(n).strip() for n in names]
+    if not names or any(n == "" for n in names) or len(set(names)) != len(names):
+        raise DataError(f"target {target!r}: give one column name, or several distinct ones "
+                        "separated by commas")
+    return names
+
+
+def _table(path, encoding, targets, categorical):
+    """The CSV checked: ``(header, line numbers, {column: stripped values}, the file's
+    bytes)``."""
+    rows, raw = _read_rows(path, encoding)
     if len(rows) < 2:
         raise DataError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0][1]], rows[1:]
@@ -188,11 +312,13 @@ def _table(path, encoding, target, categorical):
         if name in seen:
             raise DataError(f"{path}: column {name!r} appears twice in the header")
         seen.add(name)
-    target = target or header[-1]
-    if target not in header:
-        raise DataError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
-    if len(header) < 2:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    targets = targets or [header[-1]]
+    for target in targets:
+        if target not in header:
+            raise DataError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
+    if len(header) <= len(targets):
+        raise DataError(f"{path}: no feature columns besides the target "
+                        f"{', '.join(map(repr, targets))}")
     for name in categorical:
         if name not in header:
             raise DataError(f"{path}: no column {name!r} to treat as categorical")
@@ -203,7 +329,7 @@ def _table(path, encoding, target, categorical):
             if value.strip() == "":
                 raise DataError(f"{path}, line {line}: missing value in column {name!r}")
     cols = {name: [r[j].strip() for _, r in body] for j, name in enumerate(header)}
-    return header, [line for line, _ in body], cols
+    return header, [line for line, _ in body], cols, raw
 
 
 def _numbers(path, values, lines, name):
@@ -230,6 +356,22 @@ def _target(path, cols, lines, target, task):
             raise DataError(f"{path}: regression target {target!r} has non-numeric values")
         return y_num, None, task
     raise DataError(f"task must be auto, classification or regression, got {task!r}")
+
+
+def _indicators(path, cols, lines, targets, task):
+    """``(y (N, k) float64, the target names, "multilabel")`` of several 0/1 target columns
+    (removed from ``cols``)."""
+    if task not in ("auto", "multilabel", "classification"):
+        raise DataError(f"{path}: several target columns ({', '.join(targets)}) are a "
+                        f"multi-label classification, not task {task!r}")
+    y = np.empty((len(lines), len(targets)))
+    for j, name in enumerate(targets):
+        for i, v in enumerate(cols.pop(name)):
+            if v not in ("0", "1", "0.0", "1.0"):
+                raise DataError(f"{path}, line {lines[i]}: target column {name!r} holds {v!r}; "
+                                "each of several target columns is 0 or 1")
+            y[i, j] = float(v)
+    return y, list(targets), "multilabel"
 
 
 def _encode(path, name, values, lines, train_idx, categorical):

@@ -16,18 +16,8 @@ __all__ = ["DataParallel", "use_local_gpu"]
 
 
 class DataParallel(Communicator):
-    """A communicator and the options of a data-parallel run (what ``fit(comm=...)`` takes).
-
-    Parameters
-    ----------
-    comm : mpi4py communicator
-        Usually ``MPI.COMM_WORLD``; every rank of it calls ``fit`` with the same arguments.
-    overlap : bool
-        Reduce each layer's gradient with a non-blocking Iallreduce started during
-        back-propagation (default: one Allreduce of the whole buffer after it).
-    timeout : float, optional
-        Seconds a rank waits in one collective before it aborts the job (a peer died or hangs);
-        default ``$BPGPU_MPI_TIMEOUT`` or 300; 0 or less: wait forever.
+    """A communicator and the options of a data-parallel run (what ``fit(comm=...)`` takes);
+    its parameters (``comm``, ``overlap``, ``timeout``) are :class:`Communicator`'s.
     """
 
     @classmethod

@@ -68,6 +68,24 @@ class _Pointer:
         self.ptr = ptr
 
 
+class PinnedBuffer(bytearray):
+    """What the emulated ``cupy.cuda.alloc_pinned_memory`` returns: host bytes marked as
+    page-locked."""
+
+
+def is_pinned(array) -> bool:
+    """Whether ``array`` is a view of a :class:`PinnedBuffer` (through any chain of views)."""
+    base = array
+    while base is not None:
+        if isinstance(base, PinnedBuffer):
+            return True
+        if isinstance(base, memoryview):
+            base = base.obj
+            continue
+        base = getattr(base, "base", None)
+    return False
+
+
 class DeviceArray(np.ndarray):
     """A numpy array that stands for a ``cupy.ndarray``."""
 
@@ -86,11 +104,25 @@ class DeviceArray(np.ndarray):
     def _c_contiguous(self):
         return self.flags.c_contiguous
 
-    def set(self, host):
+    #: copies queued with a stream (CuPy's asynchronous ``set``), counted by the tests
+    async_sets = 0
+
+    def set(self, host, stream=None):
+        """CuPy's ``ndarray.set``: with ``stream`` an asynchronous copy, which CUDA makes only
+        from page-locked memory -- so the emulation refuses any other source there (the copy
+        itself is done at once: the emulation is serial). Never inside a stream capture."""
         no_capture("a host-to-device copy (ndarray.set)")
         host = np.asarray(host)
         if host.shape != self.shape:
             raise ValueError(f"set: shape {host.shape} into {self.shape}")
+        if host.dtype != self.dtype:
+            raise ValueError(f"set: dtype {host.dtype} into {self.dtype}")
+        if stream is not None:
+            if not is_pinned(host):
+                raise DeviceMemoryError("set(stream=...): the host array is not page-locked "
+                                        "memory (an asynchronous copy from pageable memory is "
+                                        "synchronous on a real GPU)")
+            DeviceArray.async_sets += 1
         self[...] = host
 
     def get(self):

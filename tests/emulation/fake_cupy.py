@@ -32,7 +32,7 @@ import numpy as np
 
 from bpgpu.backends.cupy_backend import CupyBackend
 
-from .devmem import CAPTURING, CaptureError, DeviceArray, DeviceMemory, no_capture
+from .devmem import CAPTURING, CaptureError, DeviceArray, DeviceMemory, PinnedBuffer, no_capture
 from . import fake_cublas
 from .hostcuda import HostModule, KernelError, build
 
@@ -178,6 +178,7 @@ class _Stream:
 
     def __init__(self, owner, ptr=None, non_blocking=False):
         self.owner, self.ptr = owner, next(self._ptrs) if ptr is None else ptr
+        self.non_blocking = non_blocking
         self._outer: list = []
 
     def synchronize(self):
@@ -281,8 +282,10 @@ class EmulatedCupy:
             Device=lambda device=None: _Device(self, device),
             device=types.SimpleNamespace(get_cublas_handle=lambda: _HANDLE),
             get_current_stream=self._current_stream,
-            Stream=lambda null=False, non_blocking=False, ptds=False: _Stream(self),
-            Event=lambda *args, **kwargs: _Event(self))
+            Stream=lambda null=False, non_blocking=False, ptds=False:
+                _Stream(self, non_blocking=non_blocking),
+            Event=lambda *args, **kwargs: _Event(self),
+            alloc_pinned_memory=lambda nbytes: PinnedBuffer(int(nbytes)))
         self._streams = {0: _Stream(self, 0)}
 
     def _current_stream(self):

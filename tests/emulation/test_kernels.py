@@ -100,6 +100,31 @@ def test_output_delta(be, ref, dtype, shape, output, loss, want_loss):
     same(be, acc_d, acc_r, dtype, magnitude=terms * 4)
 
 
+@pytest.mark.parametrize("want_loss", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 1), (3, 70), (65, 3), (300, 13)])
+@pytest.mark.parametrize("output,loss", PAIRS)
+def test_weighted_output_delta_is_one_launch_equal_to_numpy(be, ref, dtype, shape, output, loss,
+                                                           want_loss):
+    """Sample weights in the fused kernel: each row's delta and loss times its weight (zeros
+    included), one launch, as numpy's generic path computes them."""
+    a, y = _outputs(ref, shape, output, loss, 7)
+    w = np.random.default_rng(8).uniform(0, 3, shape[0])
+    w[::4] = 0.0
+    ad, ar = pair(be, ref, a, dtype)
+    yd, yr = pair(be, ref, y, dtype)
+    wd, wr = pair(be, ref, w, dtype)
+    dd, dr = be.empty(shape, np.dtype(dtype)), ref.empty(shape, np.dtype(dtype))
+    acc_d, acc_r = be.zeros((1,), np.float64), ref.zeros((1,), np.float64)
+    before = launched(be)
+    be.output_delta(ad, yd, dd, output, loss, acc_d if want_loss else None, wd)
+    ref.output_delta(ar, yr, dr, output, loss, acc_r if want_loss else None, wr)
+    assert delta(before, launched(be)) == {"output_delta": 1}
+    same(be, dd, dr, dtype)
+    assert not be.to_host(dd)[::4].any()             # weight 0: no gradient from the row
+    terms = np.abs(a - y).sum() + np.abs(np.log(np.clip(a, 1e-30, None))).sum() * (loss != "mse")
+    same(be, acc_d, acc_r, dtype, magnitude=terms * 4 * 3)
+
+
 @pytest.mark.parametrize("output,loss", [("softmax", "ce"), ("sigmoid", "bce"), ("tanh", "mse")])
 def test_output_delta_nan_and_extremes(be, ref, dtype, output, loss):
     """NaN in an output row reaches its deltas and the loss sum, as in numpy; outputs of exactly

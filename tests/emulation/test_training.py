@@ -159,3 +159,34 @@ def test_float32_weight_decay_is_applied_as_float64_applies_it(mnist_slice, lr, 
     opt.update(p, be.zeros(w.size, np.float32))
     want = (w.astype(np.float64) * (1 - lr * wd)).astype(np.float32)
     np.testing.assert_array_max_ulp(be.to_host(p), want, maxulp=1)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("stored", ["uint8", "float64"])
+def test_out_of_core_batches_stream_through_pinned_buffers(mnist_slice, tmp_path, dtype, stored):
+    """A memory-mapped dataset on cupy: every batch (rows and targets) uploaded asynchronously
+    from page-locked host memory on the copy stream (the emulated ``set`` refuses anything else),
+    and training equal bit for bit to the same data uploaded whole, with a validation split,
+    dropout and sample weights."""
+    from .devmem import DeviceArray
+    X, y = mnist_slice
+    data = X if stored == "uint8" else X / 255.0
+    np.save(tmp_path / "x.npy", data)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    w = np.random.default_rng(2).uniform(0.5, 2, len(y))
+    kw = dict(epochs=2, batch_size=48, optimizer="momentum", lr=0.05, dropout=0.1,
+              validation_split=0.1, sample_weight=w)
+    nets = []
+    for source in (data, mapped):
+        be = emulated()
+        net = bpgpu.MLP([784, 16, 10], dtype=dtype, backend=be, seed=3)
+        before = DeviceArray.async_sets
+        history = net.fit(source, y, **kw)
+        nets.append((net, history, DeviceArray.async_sets - before, be))
+    (a, ha, sets_a, _), (b, hb, sets_b, be_b) = nets
+    steps = 2 * -(-576 // 48)
+    assert sets_a == 0 and sets_b == 2 * steps            # rows and targets, every step
+    assert be_b._copy_stream is not None and be_b._copy_stream.non_blocking
+    for pa, pb in zip(_params(a), _params(b)):
+        assert np.array_equal(pa, pb)
+    assert ha.loss == hb.loss and ha.val_loss == hb.val_loss
