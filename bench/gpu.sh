@@ -174,8 +174,13 @@ EOF
 run gpu-tests 150 env BPGPU_REQUIRE_GPU=1 "$PY" -m pytest -m gpu -q -p no:cacheprovider \
     --junitxml="$OUT/gpu-tests.xml" tests
 
-# --- the GPU matrix: cupy vs PyTorch eager on the GPU (epochs interleaved), ceiling, 98 %
-run bench-gpu-small 60 "$PY" -m bpgpu bench --backends cupy --vs torch --sizes 784-100-10 \
+# --- the GPU matrix: cupy vs PyTorch eager and graphed, and JAX's jitted scan and step on the same
+# GPU where jax has its CUDA plugins (epochs interleaved), ceiling, 98 %. JAX would otherwise take
+# 75 % of the GPU's memory at its first call, before CuPy and PyTorch allocate.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+PEERS=torch
+if "$PY" -c "import jax" >/dev/null 2>&1; then PEERS=torch,jax; fi
+run bench-gpu-small 60 "$PY" -m bpgpu bench --backends cupy --vs "$PEERS" --sizes 784-100-10 \
     --batch-sizes 64,256,1024,8192 --epochs 3 --json "$OUT/bench-gpu-small.json"
 run bench-gpu-wide 45 "$PY" -m bpgpu bench --backends cupy --vs torch --sizes 784-1024-10 \
     --batch-sizes 8192 --epochs 3 --time-to-accuracy --json "$OUT/bench-gpu-wide.json"

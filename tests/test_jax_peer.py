@@ -83,6 +83,14 @@ def test_jax_peer_runs_float32_on_the_cpu():
 
 
 @needs_jax
+def test_jax_peer_on_a_device_jax_does_not_have_is_unavailable():
+    if jax_ref._device(JAX, "gpu") is not None:
+        pytest.skip("JAX has a GPU here")
+    with pytest.raises(BackendUnavailable, match="no gpu device"):
+        jax_ref.JaxTrainer(bpgpu.MLP([4, 3, 2], backend="numpy"), "scan", device="gpu")
+
+
+@needs_jax
 def test_jax_peer_rejects_what_it_cannot_run():
     with pytest.raises(ConfigError, match="float32 only"):
         jax_ref.JaxTrainer(bpgpu.MLP([4, 3, 2], dtype="float64", backend="numpy"))
@@ -92,7 +100,10 @@ def test_jax_peer_rejects_what_it_cannot_run():
 
 def test_unsupported_cases_say_why():
     assert jax_ref.jax_unsupported("numba", "float32") is None
-    assert "CPU" in jax_ref.jax_unsupported("cupy", "float32")
+    if jax_ref._device(JAX, "gpu") is None:        # beside cupy only where JAX has a GPU
+        assert "no GPU device" in jax_ref.jax_unsupported("cupy", "float32")
+    else:
+        assert jax_ref.jax_unsupported("cupy", "float32") is None
     assert "float32 only" in jax_ref.jax_unsupported("numpy", "float64")
 
 

@@ -1,4 +1,5 @@
-"""JAX (CPU, float32) on the identical work, for side-by-side figures: the strongest CPU peer.
+"""JAX (float32) on the identical work, for side-by-side figures: the strongest CPU peer, and on
+the GPU beside the cupy backend.
 
 Same initial weights (copied from the bpgpu model), the same per-epoch permutations (drawn from a
 copy of the model's seeded numpy generator, so they are the ones the model itself would draw next),
@@ -18,7 +19,10 @@ Two forms, because they answer different questions:
 The gradient is JAX's autodiff of the mean loss. Losses are written on the output layer's
 pre-activation where bpgpu's delta is the closed form (``ce``: log-softmax; ``bce``: softplus),
 so the gradient is exactly ``(a - y) / B`` there as in bpgpu, never the clipped log's zero.
-Everything runs on JAX's CPU device in float32 (``jax_enable_x64`` stays off); each epoch's time
+Everything runs in float32 (``jax_enable_x64`` stays off) on JAX's CPU device, or beside the cupy
+backend on JAX's first GPU (jax with its CUDA plugins; run it with
+``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so that JAX does not take most of the GPU's memory
+before CuPy and PyTorch allocate theirs, as bench/gpu.sh does); each epoch's time
 ends with ``block_until_ready`` (JAX dispatches asynchronously). Only available when jax is
 installed; :func:`jax_status` says why not otherwise.
 """
@@ -57,13 +61,24 @@ def jax_status():
 
 def jax_unsupported(backend, dtype, optimizer="sgd"):
     """Why the JAX peer cannot run beside this case (a string), or None when it can."""
-    if backend == "cupy":
-        return "the JAX peer runs on the CPU; it is not compared with a GPU backend"
+    if backend == "cupy" and _device(jax_status()[0], "gpu") is None:
+        return ("JAX has no GPU device here (jax with its CUDA plugins, e.g. "
+                "pip install 'jax[cuda13]'), so it is not compared with a GPU backend")
     if np.dtype(dtype) != np.float32:
         return "the JAX peer runs float32 only (jax_enable_x64 stays off)"
     if optimizer != "sgd":
         return "the JAX peer runs plain SGD only"
     return None
+
+
+def _device(jax, kind):
+    """JAX's first device of ``kind`` ("cpu" or "gpu"), or None (no jax, or no such device)."""
+    if jax is None:
+        return None
+    try:
+        return jax.devices(kind)[0]
+    except (RuntimeError, IndexError):          # "Unknown backend gpu", no device of the kind
+        return None
 
 
 def describe_jax() -> dict:
@@ -151,6 +166,8 @@ class JaxTrainer:
     model : bpgpu.MLP
         Supplies sizes, activations, loss, initial weights, input scaling and the generator whose
         state (copied now) draws the permutations. Must be float32.
+    device : {"cpu", "gpu"}
+        JAX's device the peer runs on (its first of the kind).
     form : {"scan", "step"}
         The whole epoch as one jitted ``lax.scan`` (plus one call for the remainder batch), or the
         jitted step called once per batch from Python.
@@ -158,12 +175,12 @@ class JaxTrainer:
     Raises
     ------
     BackendUnavailable
-        jax is not installed (the message says how to install it).
+        jax is not installed (the message says how to install it), or has no ``device``.
     ConfigError
         An unknown ``form``, or a model that is not float32.
     """
 
-    def __init__(self, model, form="scan"):
+    def __init__(self, model, form="scan", device="cpu"):
         jax, why = jax_status()
         if jax is None:
             raise BackendUnavailable(why)
@@ -172,7 +189,9 @@ class JaxTrainer:
         if model.dtype != np.float32:
             raise ConfigError(f"the JAX peer runs float32 only, got a {model.dtype} model")
         self.jax, self.form, self.model = jax, form, model
-        self.device = jax.devices("cpu")[0]
+        self.device = _device(jax, device)
+        if self.device is None:
+            raise BackendUnavailable(f"JAX has no {device} device here")
         weights, biases = model.get_params()
         self.params = self._put(([np.array(w, np.float32) for w in weights],
                                  [np.array(b, np.float32) for b in biases]))

@@ -165,11 +165,12 @@ def _peers(case, X, y, vs_torch, vs_backend, vs_jax):
         if why is not None:
             extra["jax_missing"] = why
         for form in (JAX_FORMS if why is None else ()):
-            peer = JaxTrainer(fresh(), form)
+            device = "gpu" if case.backend == "cupy" else "cpu"
+            peer = JaxTrainer(fresh(), form, device=device)
             peer.fit(X, y, epochs=1, batch_size=case.batch)   # warm-up: jit compile
             peers[f"jax_{form}"] = (lambda p: lambda: p.fit(X, y, epochs=1,
                                                             batch_size=case.batch)[0])(peer)
-            extra.update(jax_threads=peer.threads, jax_device="cpu")
+            extra.update(jax_threads=peer.threads, jax_device=peer.device.platform)
     return peers, extra
 
 
