@@ -107,6 +107,19 @@ def test_continued_training_resumes_the_graph_in_the_middle(digits):
     assert graph[1].loss == eager[1].loss[1:]
 
 
+def test_a_checkpoint_resumed_on_graphs_equals_the_run_that_never_stopped(digits, tmp_path):
+    """2 epochs with a checkpoint, then a fresh model resuming it to 4, all on graphs == 4
+    eager epochs in one run, bit for bit (dropout's stream and Adam's state included)."""
+    X, y = digits
+    fit = dict(FITS["adam-dropout"], checkpoint=str(tmp_path / "c.npz"))
+    _train("1", X, y, epochs=2, **fit)
+    resumed = _train("1", X, y, epochs=4, resume=str(tmp_path / "c.npz"), **fit)
+    eager = _train("0", X, y, epochs=4, **FITS["adam-dropout"])
+    assert resumed[2]["graph_epochs"] == 2
+    assert np.array_equal(_flat(resumed[0]), _flat(eager[0]))
+    assert resumed[0].steps == eager[0].steps
+
+
 def test_remainder_only_and_exact_batches(digits):
     """No remainder (192 rows) and a remainder batch (200 rows) alike equal the eager steps."""
     X, y = digits
