@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 
 import numpy as np
 
 from .cupy_step import lower
+from .epoch_switch import EpochSwitch
 from .recording import FULL_RECORDINGS, Unsupported, generalise, record
 
 __all__ = ["GraphEpoch", "ENV", "MIN_BATCHES", "WARM_STEPS", "SLICE", "STATS", "mode",
@@ -60,31 +60,11 @@ SLICE = 64
 STATS = {"graph_epochs": 0, "fallback_epochs": 0, "abandoned_epochs": 0, "captures": 0,
          "replays": 0}
 
-_OVERRIDE = []
-
-
-def mode() -> str:
-    """``BPGPU_CUDA_GRAPH``: "0", "1" or "auto" (unset or anything else); inside
-    :func:`override`, its mode."""
-    if _OVERRIDE:
-        return _OVERRIDE[-1]
-    value = os.environ.get(ENV, "auto").strip().lower()
-    return value if value in ("0", "1") else "auto"
-
-
-@contextlib.contextmanager
-def override(value: str):
-    """Within the block :func:`mode` is ``value`` whatever the environment says."""
-    _OVERRIDE.append(value)
-    try:
-        yield
-    finally:
-        _OVERRIDE.pop()
-
-
-def enabled() -> bool:
-    """False when ``BPGPU_CUDA_GRAPH=0``."""
-    return mode() != "0"
+#: ``BPGPU_CUDA_GRAPH``: "0" never, "1" every epoch of at least two full batches, "auto" epochs
+#: of at least :data:`MIN_BATCHES`; ``mode()``, ``override(value)`` (a block that ignores the
+#: environment) and ``enabled()`` (False for "0").
+SWITCH = EpochSwitch(ENV)
+mode, override, enabled = SWITCH.mode, SWITCH.override, SWITCH.enabled
 
 
 class GraphEpoch:

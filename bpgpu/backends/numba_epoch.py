@@ -33,14 +33,13 @@ compiled form only when it is cached already.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 
 import numpy as np
 
 from .epoch_lowering import lower
 from .epoch_source import EpochSource
+from .epoch_switch import EpochSwitch
 from .numba_cache import epoch_dispatcher
 from .recording import Unsupported, generalise, record, rows_to_record
 from .threads import PARALLEL_MIN, SERIAL_MAX_CORES, cores
@@ -65,34 +64,14 @@ _FIRST_SLICE = 4
 #: than such a fit's steps cost in Python.
 MIN_BATCHES = 50
 
-_OVERRIDE = []
 _READY: set = set()           # (dispatcher, argument types) compiled or loaded
 
-
-def mode() -> str:
-    """``BPGPU_COMPILED_EPOCH``: "0" never compile epochs, "1" always (any epoch size), unset or
-    "auto" compile epochs of at least :data:`MIN_BATCHES` batches, and use compiled forms of
-    smaller ones that are cached already. Inside :func:`override`, its mode."""
-    if _OVERRIDE:
-        return _OVERRIDE[-1]
-    value = os.environ.get(ENV, "auto").strip().lower()
-    return value if value in ("0", "1") else "auto"
-
-
-@contextlib.contextmanager
-def override(value: str):
-    """Within the block, :func:`mode` is ``value`` ("0", "1" or "auto") whatever the
-    environment says (``bpgpu warmup`` compiles the textbook epochs with it)."""
-    _OVERRIDE.append(value)
-    try:
-        yield
-    finally:
-        _OVERRIDE.pop()
-
-
-def enabled() -> bool:
-    """False when ``BPGPU_COMPILED_EPOCH=0`` is set."""
-    return mode() != "0"
+#: ``BPGPU_COMPILED_EPOCH``: "0" never compile epochs, "1" always (any epoch size), unset or
+#: "auto" compile epochs of at least :data:`MIN_BATCHES` batches, and use compiled forms of
+#: smaller ones that are cached already; ``mode()``, ``override(value)`` (a block that ignores
+#: the environment: ``bpgpu warmup`` compiles the textbook epochs with it) and ``enabled()``.
+SWITCH = EpochSwitch(ENV)
+mode, override, enabled = SWITCH.mode, SWITCH.override, SWITCH.enabled
 
 
 # ------------------------------------------------------------------------------ the runner
