@@ -15,15 +15,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
-import os
-import shutil
-import subprocess
-import tempfile
 import weakref
 from pathlib import Path
 
 from .devmem import CaptureError
-from .hostcuda import GXX, KernelError, _cache_dir
+from .hostcuda import GXX, KernelError, _cache_dir, build_library
 
 SOURCE = Path(__file__).with_name("cublas_shim.cpp")
 _FORWARD = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64))
@@ -99,16 +95,8 @@ def library(cublas) -> str:
         text = SOURCE.read_text()
         key = hashlib.sha256(text.encode()).hexdigest()[:20]
         path = _cache_dir() / f"cublas-{key}.so"
-        if not path.exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "lib.so"
-                res = subprocess.run([GXX, "-O1", "-fPIC", "-shared", str(SOURCE), "-o",
-                                      str(out)], capture_output=True, text=True)
-                if res.returncode != 0:
-                    raise KernelError(f"cuBLAS shim compile failed:\n{res.stderr[-4000:]}")
-                tmp_target = path.with_suffix(f".{os.getpid()}.tmp")
-                shutil.copyfile(out, tmp_target)
-                os.replace(tmp_target, path)
+        build_library(path, lambda tmp, out: [GXX, "-O1", "-fPIC", "-shared", str(SOURCE),
+                                              "-o", str(out)], "cuBLAS shim compile")
         lib = ctypes.CDLL(str(path))
         lib.emu_cublas_forward.argtypes = (_FORWARD,)
         lib.emu_cublas_forward(_callback)

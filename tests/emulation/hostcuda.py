@@ -106,6 +106,23 @@ def _cache_dir() -> Path:
     return d
 
 
+def build_library(path, command, what):
+    """Make the shared library ``path`` (a cache entry) unless it exists: ``command(tmp, out)``
+    writes its sources into the directory ``tmp`` and returns the compiler command that builds
+    ``out``; the result is installed atomically (a concurrent builder never sees half a file).
+    KernelError with the compiler's message (``what`` names the build) when it fails."""
+    if path.exists():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lib.so"
+        res = subprocess.run(command(Path(tmp), out), capture_output=True, text=True)
+        if res.returncode != 0:
+            raise KernelError(f"{what} failed:\n{res.stderr[-4000:]}")
+        tmp_target = path.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(out, tmp_target)
+        os.replace(tmp_target, path)
+
+
 def build(source: str, options=()) -> tuple:
     """Compile ``source`` for the host; return ``(ctypes library, {expression: (symbol,
     params)})``. Cached on disk by the hash of everything that goes into the build."""
@@ -135,22 +152,15 @@ def build(source: str, options=()) -> tuple:
     key = hashlib.sha256("\0".join([SHIM.read_text(), source, unit, version, *flags])
                          .encode()).hexdigest()[:20]
     lib_path = _cache_dir() / f"emu-{key}.so"
-    if not lib_path.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            (tmp / "kernel.cu").write_text(source)
-            (tmp / "unit.cpp").write_text(unit)
-            out = tmp / "lib.so"
-            cmd = [GXX, *flags, "-O1", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off",
-                   "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0",
-                   "-Wno-unknown-pragmas", f"-I{SHIM.parent}", f"-I{tmp}", str(tmp / "unit.cpp"),
-                   "-o", str(out)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise KernelError(f"host compile failed:\n{res.stderr[-4000:]}")
-            tmp_target = lib_path.with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(out, tmp_target)
-            os.replace(tmp_target, lib_path)
+
+    def compile_unit(tmp, out):
+        (tmp / "kernel.cu").write_text(source)
+        (tmp / "unit.cpp").write_text(unit)
+        return [GXX, *flags, "-O1", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off",
+                "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0",
+                "-Wno-unknown-pragmas", f"-I{SHIM.parent}", f"-I{tmp}", str(tmp / "unit.cpp"),
+                "-o", str(out)]
+    build_library(lib_path, compile_unit, "host compile")
     lib = ctypes.CDLL(str(lib_path))
     for symbol, _ in table.values():
         fn = getattr(lib, symbol)
